@@ -1,0 +1,46 @@
+"""The project's own error tree. k8s/ and ray/ convert library exceptions into these; handlers map
+them to kopf.TemporaryError (retry later) or kopf.PermanentError (needs a spec change)."""
+
+
+class RayvllmError(Exception):
+    """Base of every error the operator raises on purpose."""
+
+
+class TransientError(RayvllmError):
+    """Worth retrying unchanged: a timeout, a 5xx, a connection refused, a conflict."""
+
+    def __init__(self, message: str, retry_after: float = 10.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(RayvllmError):
+    """Will fail the same way until someone changes the input."""
+
+
+class InvalidSpecError(PermanentError):
+    """The VLLMCluster spec is invalid; `field` names the offending field path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class KubernetesError(TransientError):
+    """The Kubernetes API answered with an error that may go away (5xx, 409, 429, timeouts)."""
+
+
+class KubernetesRejectedError(PermanentError):
+    """The Kubernetes API refused a request as invalid or forbidden (400, 403, 422)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RayError(TransientError):
+    """The Ray dashboard could not be reached or answered with a retriable error."""
+
+
+class RayAuthError(PermanentError):
+    """The Ray dashboard refused our credentials (401/403)."""

@@ -1,0 +1,3 @@
+"""kopf entry point: `kopf run -m rayvllm.handlers`. Importing this package registers every handler."""
+
+from rayvllm.handlers import lifecycle as lifecycle

@@ -1,0 +1,33 @@
+"""The operator's one settings object, read from RAYVLLM_* environment variables once at startup
+and handed to handlers through kopf's memo. Nothing else in the package reads the environment."""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAYVLLM_", frozen=True)
+
+    field_manager: str = Field("rayvllm", description="Server-side apply field manager for children.")
+    resync_seconds: float = Field(
+        15.0, gt=0, description="Period of the drift check and engine supervision timer."
+    )
+    dashboard_url_template: str = Field(
+        "http://{cluster}-head-svc.{namespace}.svc:8265",
+        description=(
+            "How the operator reaches a RayCluster's dashboard. {cluster} and {namespace} are "
+            "substituted. Set to e.g. http://127.0.0.1:8265 when the operator runs outside the cluster."
+        ),
+    )
+    engine_host_override: str | None = Field(
+        None,
+        description=(
+            "If set, engines are probed at this host instead of the Ray node IP that hosts them "
+            "(for an operator outside the cluster network). In-cluster this stays unset."
+        ),
+    )
+    http_timeout_seconds: float = Field(5.0, gt=0, description="Timeout of each Ray / engine HTTP call.")
+
+
+def load_settings() -> Settings:
+    return Settings()
