@@ -1,0 +1,140 @@
+"""Reads and writes of the objects the operator owns or watches. Children are written with server-side
+apply under one field manager, so the API server computes every diff."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes_asyncio import client
+
+from rayvllm import API_GROUP, API_VERSION, PLURAL
+from rayvllm.k8s.api import AS_APPLY, AS_JSON_PATCH, call, call_or_none, to_dict
+
+RAY_GROUP, RAY_VERSION, RAYCLUSTERS = "ray.io", "v1", "rayclusters"
+
+
+class Kubernetes:
+    """The operator's view of the Kubernetes API; one instance per process, shared by handlers."""
+
+    def __init__(self, api: client.ApiClient, field_manager: str) -> None:
+        self._api = api
+        self._core = client.CoreV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
+        self.field_manager = field_manager
+
+    # ---- RayCluster ------------------------------------------------------------------------------
+
+    async def get_raycluster(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await call_or_none(
+            f"get RayCluster {namespace}/{name}",
+            self._custom.get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS, name),
+        )
+
+    async def apply_raycluster(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        result: dict[str, Any] = await call(
+            f"apply RayCluster {meta['namespace']}/{meta['name']}",
+            self._custom.patch_namespaced_custom_object(
+                RAY_GROUP,
+                RAY_VERSION,
+                meta["namespace"],
+                RAYCLUSTERS,
+                meta["name"],
+                manifest,
+                field_manager=self.field_manager,
+                force=True,
+                **AS_APPLY,
+            ),
+        )
+        return result
+
+    async def delete_raycluster(self, namespace: str, name: str) -> None:
+        # Foreground: the RayCluster disappears only after its pods, so a Recreate never overlaps
+        # the old pods with the new ones on the same GPUs.
+        await call_or_none(
+            f"delete RayCluster {namespace}/{name}",
+            self._custom.delete_namespaced_custom_object(
+                RAY_GROUP,
+                RAY_VERSION,
+                namespace,
+                RAYCLUSTERS,
+                name,
+                body=client.V1DeleteOptions(propagation_policy="Foreground"),
+            ),
+        )
+
+    # ---- Service ---------------------------------------------------------------------------------
+
+    async def apply_service(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        result = await call(
+            f"apply Service {meta['namespace']}/{meta['name']}",
+            self._core.patch_namespaced_service(
+                meta["name"],
+                meta["namespace"],
+                manifest,
+                field_manager=self.field_manager,
+                force=True,
+                **AS_APPLY,
+            ),
+        )
+        return to_dict(self._api, result)
+
+    # ---- Pods ------------------------------------------------------------------------------------
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        result = await call(
+            f"list pods {namespace} {label_selector}",
+            self._core.list_namespaced_pod(namespace, label_selector=label_selector),
+        )
+        return [to_dict(self._api, pod) for pod in result.items]
+
+    async def apply_pod_labels(self, namespace: str, name: str, labels: dict[str, str], manager: str) -> None:
+        """Own exactly `labels` on the pod under `manager`: labels this manager set before and that are
+        absent now are removed by the API server."""
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}}
+        await call_or_none(
+            f"label pod {namespace}/{name}",
+            self._core.patch_namespaced_pod(
+                name, namespace, body, field_manager=manager, force=True, **AS_APPLY
+            ),
+        )
+
+    # ---- Secrets ---------------------------------------------------------------------------------
+
+    async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        """The data keys of a Secret, or None when it does not exist. Values are never returned."""
+        secret = await call_or_none(
+            f"get Secret {namespace}/{name}", self._core.read_namespaced_secret(name, namespace)
+        )
+        if secret is None:
+            return None
+        return set((secret.data or {}).keys()) | set((secret.string_data or {}).keys())
+
+    async def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        import base64
+
+        secret = await call_or_none(
+            f"get Secret {namespace}/{name}", self._core.read_namespaced_secret(name, namespace)
+        )
+        if secret is None or key not in (secret.data or {}):
+            return None
+        return base64.b64decode(secret.data[key]).decode()
+
+    # ---- VLLMCluster status ----------------------------------------------------------------------
+
+    async def replace_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Write the whole status (computed whole, so fields that went away must go too)."""
+        # JSON patch "add" on /status replaces it, or creates it on a fresh object.
+        await call_or_none(
+            f"write status of VLLMCluster {namespace}/{name}",
+            self._custom.patch_namespaced_custom_object_status(
+                API_GROUP,
+                API_VERSION,
+                namespace,
+                PLURAL,
+                name,
+                [{"op": "add", "path": "/status", "value": status}],
+                **AS_JSON_PATCH,
+            ),
+        )

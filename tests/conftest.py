@@ -1,0 +1,54 @@
+"""Fixtures shared by the integration and e2e tiers: the real local control plane, a fresh namespace
+per test. Unit tests use none of these and need nothing running."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hack.cluster import Cluster, NodePlan, Tools, default_cluster
+from tests.support.kube import Kube
+
+
+def _reachable(kube: Kube) -> bool:
+    return kube.kubectl("get", "--raw", "/readyz", check=False).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[Kube]:
+    """The control plane under test. Reuses the cluster a set KUBECONFIG points at; otherwise starts
+    the local one (hack/cluster.py) and stops it at the end. Missing binaries fail, never skip."""
+    tools = Tools.from_cache()
+    preset = os.environ.get("KUBECONFIG")
+    if preset:
+        reused = Kube(Path(preset), tools.kubectl)
+        if not _reachable(reused):
+            pytest.fail(f"KUBECONFIG={preset} is set but its API server does not answer /readyz")
+        yield reused
+        return
+    cluster: Cluster = default_cluster()
+    started_here = not cluster.running()
+    cluster.up(NodePlan(gpu_nodes=2, gpus_per_node=8, cpu_nodes=1))
+    try:
+        yield Kube(cluster.kubeconfig, tools.kubectl)
+    finally:
+        if started_here:
+            cluster.down()
+
+
+@pytest.fixture
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test; deleted (without waiting) afterwards."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
+    name = f"t-{slug}-{digest}"
+    kube.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
