@@ -18,6 +18,7 @@ import datetime
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -156,6 +157,9 @@ class Cluster:
             log(f"already running (pids in {self.pids}); reusing it")
         else:
             self.down(quiet=True)
+            # Every start gets a fresh store: no objects, nodes or kwok node leases left from a previous
+            # run (a lease held by a dead kwok blocks the new one for its whole duration).
+            shutil.rmtree(self.dir / "etcd", ignore_errors=True)
             for d in (self.pki, self.logs, self.pids):
                 d.mkdir(parents=True, exist_ok=True)
             self._write_pki()
@@ -219,7 +223,9 @@ class Cluster:
         _write_key(self.pki / "apiserver.key", key)
         _write_cert(
             self.pki / "apiserver.crt",
-            _certificate("kube-apiserver", sans, key, ca_key, ca_cert, is_ca=False, server=True, client=False),
+            _certificate(
+                "kube-apiserver", sans, key, ca_key, ca_cert, is_ca=False, server=True, client=False
+            ),
         )
         # Each component authenticates as the user the default RBAC bootstrap policy expects.
         for name, user, groups in (
@@ -229,7 +235,9 @@ class Cluster:
             ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"]),
         ):
             key = _new_key()
-            cert = _certificate(user, [], key, ca_key, ca_cert, is_ca=False, server=False, client=True, org=groups)
+            cert = _certificate(
+                user, [], key, ca_key, ca_cert, is_ca=False, server=False, client=True, org=groups
+            )
             _write_key(self.pki / f"{name}.key", key)
             _write_cert(self.pki / f"{name}.crt", cert)
             self._write_kubeconfig(self.dir / f"{name}.kubeconfig", name)
@@ -261,7 +269,9 @@ class Cluster:
                     },
                 }
             ],
-            "contexts": [{"name": "rayvllm-local", "context": {"cluster": "rayvllm-local", "user": cert_name}}],
+            "contexts": [
+                {"name": "rayvllm-local", "context": {"cluster": "rayvllm-local", "user": cert_name}}
+            ],
             "current-context": "rayvllm-local",
         }
         path.write_text(json.dumps(config, indent=2))
@@ -404,7 +414,8 @@ class Cluster:
         for crd in crds:
             args += ["-f", crd]
         self.kubectl(*args)
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rayclusters.ray.io")
+        names = [f"crd/{crd.name.removeprefix('ray.io_').removesuffix('.yaml')}.ray.io" for crd in crds]
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
 
     def _start_kuberay(self) -> None:
         self._spawn(
@@ -435,7 +446,9 @@ class Cluster:
                 # `create` (not apply): the API accepts status on Node create, which is how fake nodes
                 # get their GPU capacity without a kubelet.
                 self.kubectl("create", "-f", "-", stdin=json.dumps(node))
-        log(f"nodes: {plan.gpu_nodes} with {plan.gpus_per_node} {plan.gpu_resource}, {plan.cpu_nodes} CPU-only")
+        log(
+            f"nodes: {plan.gpu_nodes} with {plan.gpus_per_node} {plan.gpu_resource}, {plan.cpu_nodes} CPU-only"
+        )
 
     @staticmethod
     def _node(name: str, plan: NodePlan, gpus: int) -> dict[str, object]:
@@ -508,7 +521,11 @@ class Cluster:
         deadline = time.monotonic() + timeout
         delay = 0.1
         while not ready():
-            dead = [name for name in COMPONENTS if (self.pids / f"{name}.pid").exists() and not self._pid_alive(name)]
+            dead = [
+                name
+                for name in COMPONENTS
+                if (self.pids / f"{name}.pid").exists() and not self._pid_alive(name)
+            ]
             if dead:
                 tails = "\n".join(f"--- {n}.log ---\n{_tail(self.logs / f'{n}.log')}" for n in dead)
                 raise SystemExit(f"{', '.join(dead)} exited while waiting for {what}:\n{tails}")
@@ -600,7 +617,9 @@ def _certificate(
 def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
     path.write_bytes(
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
         )
     )
     path.chmod(0o600)
@@ -616,7 +635,9 @@ def default_cluster() -> Cluster:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start (or reuse) the control plane")
     up.add_argument("--gpu-nodes", type=int, default=int(os.environ.get("RAYVLLM_GPU_NODES", "2")))

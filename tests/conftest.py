@@ -3,14 +3,13 @@ per test. Unit tests use none of these and need nothing running."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from hack.cluster import Cluster, NodePlan, Tools, default_cluster
 from tests.support.kube import Kube
 
@@ -45,8 +44,8 @@ def kube() -> Iterator[Kube]:
 def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace named after the test; deleted (without waiting) afterwards."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
-    name = f"t-{slug}-{digest}"
+    # Random, not derived from the test id: a rerun must not collide with a namespace still terminating.
+    name = f"t-{slug}-{secrets.token_hex(3)}"
     kube.kubectl("create", "namespace", name)
     try:
         yield name

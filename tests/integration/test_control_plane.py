@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.support.kube import Kube
 from tests.support.wait import wait_for
 
@@ -29,7 +28,11 @@ def raycluster(name: str, worker_gpus: int, workers: int) -> dict[str, Any]:
                 "template": {
                     "spec": {
                         "containers": [
-                            {**container, "name": "ray-head", "resources": {"limits": {"cpu": "2", "memory": "4Gi"}}}
+                            {
+                                **container,
+                                "name": "ray-head",
+                                "resources": {"limits": {"cpu": "2", "memory": "4Gi"}},
+                            }
                         ]
                     }
                 },
@@ -91,7 +94,10 @@ def test_raycluster_with_gpu_workers_becomes_ready(kube: Kube, namespace: str) -
     assert all(GPU not in c.get("resources", {}).get("limits", {}) for c in head["spec"]["containers"])
 
     state = wait_for(
-        lambda: (kube.get_json("raycluster", "gpu", "-n", namespace) or {}).get("status", {}).get("state") == "ready",
+        lambda: (
+            (kube.get_json("raycluster", "gpu", "-n", namespace) or {}).get("status", {}).get("state")
+            == "ready"
+        ),
         timeout=60,
         what="RayCluster status.state == ready",
     )
@@ -106,7 +112,11 @@ def test_worker_larger_than_any_node_stays_unschedulable(kube: Kube, namespace: 
             if pod["metadata"]["labels"].get("ray.io/node-type") != "worker":
                 continue
             for c in pod.get("status", {}).get("conditions", []):
-                if c["type"] == "PodScheduled" and c["status"] == "False" and c.get("reason") == "Unschedulable":
+                if (
+                    c["type"] == "PodScheduled"
+                    and c["status"] == "False"
+                    and c.get("reason") == "Unschedulable"
+                ):
                     return dict(pod)
         return None
 
@@ -121,7 +131,9 @@ def test_deleting_raycluster_garbage_collects_its_pods(kube: Kube, namespace: st
     kube.apply(raycluster("gc", worker_gpus=1, workers=1), namespace)
     wait_for(lambda: len(pods(kube, namespace, "gc")) == 2, timeout=60, what="KubeRay to create 2 pods")
     kube.kubectl("delete", "raycluster", "gc", "-n", namespace, "--wait=true", "--timeout=60s")
-    wait_for(lambda: pods(kube, namespace, "gc") == [], timeout=90, what="the garbage collector to remove the pods")
+    wait_for(
+        lambda: pods(kube, namespace, "gc") == [], timeout=90, what="the garbage collector to remove the pods"
+    )
 
 
 def test_service_account_without_rbac_is_forbidden(kube: Kube, namespace: str, tmp_path: Path) -> None:

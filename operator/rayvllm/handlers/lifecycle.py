@@ -1,10 +1,14 @@
-"""Operator start-up handlers."""
+"""Operator start-up and clean-up: settings, kopf's storage choices, shared clients."""
 
 import logging
+from contextlib import AsyncExitStack
 from typing import Any
 
 import kopf
 
+from rayvllm import API_GROUP
+from rayvllm.k8s.api import connect
+from rayvllm.k8s.resources import Kubernetes
 from rayvllm.settings import load_settings
 
 
@@ -13,6 +17,24 @@ async def configure(
     settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
     memo.settings = load_settings()
-    settings.persistence.finalizer = "rayvllm.io/finalizer"
+    # Our CRD has a structural status schema: kopf's default progress records under status.kopf would
+    # be pruned, so kopf keeps them in annotations under our own group.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     settings.posting.level = logging.INFO
+    # A stuck watch must not leave the operator blind: reconnect periodically.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    memo.exit_stack = AsyncExitStack()
+    api = await memo.exit_stack.enter_async_context(connect())
+    memo.kubernetes = Kubernetes(api, memo.settings.field_manager)
     logger.info("rayvllm operator configured: %s", memo.settings.model_dump())
+
+
+@kopf.on.cleanup()
+async def close_clients(memo: Any, **_: Any) -> None:
+    if getattr(memo, "exit_stack", None) is not None:
+        await memo.exit_stack.aclose()
