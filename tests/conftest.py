@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from hack.cluster import Cluster, NodePlan, Tools, default_cluster
 from tests.support.kube import Kube
+from tests.support.operator import OperatorProcess
 
 
 def _reachable(kube: Kube) -> bool:
@@ -51,3 +53,27 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
         yield name
     finally:
         kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def crds(kube: Kube) -> Path:
+    """Our CRDs installed (server-side apply, so re-running is harmless) and Established."""
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/vllmclusters.rayvllm.io")
+    return REPO / "crds"
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Kube, crds: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The operator (`kopf run -m rayvllm.handlers`) watching all namespaces, with a short resync so
+    tests observe supervision quickly. Its log is printed when a test using it fails."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    process = OperatorProcess(kube.kubeconfig, log, env={"RAYVLLM_RESYNC_SECONDS": "2"})
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -1,0 +1,227 @@
+"""Orchestration of one VLLMCluster: gather -> build -> apply -> compute status. No kopf here: handlers
+call `reconcile` / `finalize` and post the returned events. All I/O goes through k8s/ (and ray/)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from rayvllm.builders import build_ray_cluster, build_service
+from rayvllm.errors import InvalidSpecError
+from rayvllm.k8s.resources import Kubernetes
+from rayvllm.models.resource import parse_cluster, parse_previous_status
+from rayvllm.models.spec import VLLMClusterSpec
+from rayvllm.models.status import Condition, ConditionType, Phase, VLLMClusterStatus
+from rayvllm.settings import Settings
+from rayvllm.status import Observation, PodCounts, Problem, Reason, compute_status
+
+RAY_CLUSTER_LABEL = "ray.io/cluster"
+RAY_NODE_TYPE_LABEL = "ray.io/node-type"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post about the VLLMCluster. `reason` is stable CamelCase."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any] | None
+    """The whole new status, or None when it did not change (nothing to write)."""
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The VLLMCluster being reconciled, as read from its body."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    body: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> Target:
+        meta = body["metadata"]
+        return cls(meta["name"], meta["namespace"], meta["uid"], int(meta.get("generation") or 0), body)
+
+    @property
+    def previous_status(self) -> Mapping[str, Any]:
+        return self.body.get("status") or {}
+
+
+async def reconcile(kube: Kubernetes, settings: Settings, body: Mapping[str, Any], now: datetime) -> Outcome:
+    target = Target.of(body)
+    previous = parse_previous_status(target.previous_status)
+    try:
+        spec = parse_cluster(body).spec
+    except InvalidSpecError as invalid:
+        # Admission rejects nearly everything; this catches what slipped past (an older CRD, a CEL gap).
+        return _invalid_spec(target, previous, invalid, now)
+
+    problems = await _secret_problems(kube, target.namespace, spec)
+    ray_cluster: Mapping[str, Any] | None
+    if problems and await kube.get_raycluster(target.namespace, target.name) is None:
+        # Children that cannot work are not created; the problem is reported and rechecked each resync.
+        ray_cluster = None
+    else:
+        ray_cluster = await kube.apply_raycluster(
+            build_ray_cluster(spec, target.name, target.namespace, target.uid)
+        )
+        await kube.apply_service(build_service(spec, target.name, target.namespace, target.uid))
+
+    pods = await kube.list_pods(target.namespace, f"{RAY_CLUSTER_LABEL}={target.name}")
+    problems += _pod_problems(pods)
+    observation = Observation(
+        name=target.name,
+        namespace=target.namespace,
+        generation=target.generation,
+        spec=spec,
+        ray_cluster=ray_cluster,
+        pods=_pod_counts(pods) if ray_cluster is not None else None,
+        problems=problems,
+        previous=previous,
+    )
+    return _outcome(target, previous, compute_status(observation, now))
+
+
+async def _secret_problems(kube: Kubernetes, namespace: str, spec: VLLMClusterSpec) -> list[Problem]:
+    problems = []
+    for field_path, ref in _secret_refs(spec):
+        keys = await kube.secret_keys(namespace, ref.name)
+        if keys is None:
+            problems.append(
+                Problem(
+                    Reason.SECRET_NOT_FOUND,
+                    f"{field_path}: Secret {namespace}/{ref.name} does not exist: create it, or fix the reference",
+                )
+            )
+        elif ref.key not in keys:
+            problems.append(
+                Problem(
+                    Reason.SECRET_NOT_FOUND,
+                    f"{field_path}: Secret {namespace}/{ref.name} has no key {ref.key!r} "
+                    f"(it has: {', '.join(sorted(keys)) or 'none'})",
+                )
+            )
+    return problems
+
+
+def _secret_refs(spec: VLLMClusterSpec) -> Sequence[tuple[str, Any]]:
+    refs: list[tuple[str, Any]] = []
+    if spec.model.hf_token_secret_ref:
+        refs.append(("spec.model.hfTokenSecretRef", spec.model.hf_token_secret_ref))
+    if spec.engine.api_key_secret_ref:
+        refs.append(("spec.engine.apiKeySecretRef", spec.engine.api_key_secret_ref))
+    gcs = spec.ray.gcs_fault_tolerance
+    if gcs is not None and gcs.redis_password_secret_ref is not None:
+        refs.append(("spec.ray.gcsFaultTolerance.redisPasswordSecretRef", gcs.redis_password_secret_ref))
+    return refs
+
+
+def _is_ready(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def _node_type(pod: Mapping[str, Any]) -> str:
+    return str(((pod.get("metadata") or {}).get("labels") or {}).get(RAY_NODE_TYPE_LABEL, ""))
+
+
+def _pod_counts(pods: Sequence[Mapping[str, Any]]) -> PodCounts:
+    return PodCounts(
+        head_ready=any(_node_type(p) == "head" and _is_ready(p) for p in pods),
+        ready_workers=sum(_node_type(p) == "worker" and _is_ready(p) for p in pods),
+    )
+
+
+def _pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[Problem]:
+    """Pods the scheduler cannot place: only the cluster can say that no node fits a worker."""
+    problems = []
+    for pod in pods:
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            if (
+                condition.get("type") == "PodScheduled"
+                and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"
+            ):
+                problems.append(
+                    Problem(
+                        Reason.WORKER_UNSCHEDULABLE,
+                        f"pod {pod['metadata']['name']} ({_node_type(pod) or 'ray'}) cannot be scheduled: "
+                        f"{condition.get('message', '')}".strip(),
+                    )
+                )
+    return problems
+
+
+def _invalid_spec(
+    target: Target, previous: VLLMClusterStatus | None, invalid: InvalidSpecError, now: datetime
+) -> Outcome:
+    def condition(condition_type: ConditionType, state: Literal["True", "False"]) -> Condition:
+        old = previous.condition(condition_type) if previous else None
+        return Condition(
+            type=condition_type,
+            status=state,
+            reason="InvalidSpec",
+            message=str(invalid),
+            last_transition_time=old.last_transition_time
+            if old and old.status == state
+            else now.replace(microsecond=0),
+            observed_generation=target.generation,
+        )
+
+    status = VLLMClusterStatus(
+        observed_generation=target.generation,
+        phase=Phase.FAILED,
+        message=str(invalid),
+        conditions=[condition(ConditionType.READY, "False"), condition(ConditionType.DEGRADED, "True")],
+    )
+    return _outcome(target, previous, status)
+
+
+def status_dict(status: VLLMClusterStatus) -> dict[str, Any]:
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _outcome(target: Target, previous: VLLMClusterStatus | None, status: VLLMClusterStatus) -> Outcome:
+    new = status_dict(status)
+    old = {k: v for k, v in target.previous_status.items() if k != "kopf"}
+    return Outcome(status=None if new == old else new, events=transition_events(previous, status))
+
+
+def transition_events(previous: VLLMClusterStatus | None, current: VLLMClusterStatus) -> list[Event]:
+    """One Event per change worth telling a human: a new phase, and each new reason of a failing
+    condition. Unchanged state posts nothing, so a resync loop never spams."""
+    events: list[Event] = []
+    old_phase = previous.phase if previous else None
+    if current.phase is not None and current.phase != old_phase:
+        bad = current.phase in (Phase.DEGRADED, Phase.FAILED)
+        events.append(Event("Warning" if bad else "Normal", current.phase.value, current.message or ""))
+    degraded = current.condition(ConditionType.DEGRADED)
+    if degraded is not None and degraded.status == "True":
+        before = previous.condition(ConditionType.DEGRADED) if previous else None
+        if before is None or before.status != "True" or before.reason != degraded.reason:
+            events.append(Event("Warning", degraded.reason, degraded.message))
+    return events
+
+
+async def finalize(kube: Kubernetes, settings: Settings, body: Mapping[str, Any]) -> Outcome:
+    """Clean-up that garbage collection cannot do, before the finalizer goes. Owned children (RayCluster,
+    Service) follow their owner through the garbage collector."""
+    target = Target.of(body)
+    return Outcome(
+        status=None,
+        events=[
+            Event("Normal", "Deleting", f"VLLMCluster {target.namespace}/{target.name} is being deleted")
+        ],
+    )
