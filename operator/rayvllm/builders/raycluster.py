@@ -1,0 +1,203 @@
+"""The KubeRay RayCluster (ray.io/v1, KubeRay v1.6.1 schema) that hosts a VLLMCluster's engines.
+
+Shape: a CPU-only head, and one GPU worker group of identical pods whose size is fixed (replicas =
+minReplicas = maxReplicas, no autoscaler): the engines' placement groups need every GPU at once, and the
+operator, not the Ray autoscaler, decides capacity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rayvllm.builders.labels import cluster_labels
+from rayvllm.builders.meta import child_metadata
+from rayvllm.models.kube import ResourceRequirements, SecretKeyRef
+from rayvllm.models.spec import (
+    DEFAULT_HEAD_START_PARAMS,
+    ENGINE_SLOT_RESOURCE,
+    MODEL_PVC_MOUNT_ROOT,
+    SHM_MOUNT_PATH,
+    VLLMClusterSpec,
+)
+
+RAY_API_VERSION = "ray.io/v1"
+RAY_CLUSTER_KIND = "RayCluster"
+HEAD_CONTAINER = "ray-head"
+WORKER_CONTAINER = "ray-worker"
+WORKER_GROUP = "gpu"
+ENGINE_PORT_NAME = "vllm-http"
+
+HF_TOKEN_ENV = "HF_TOKEN"
+API_KEY_ENV = "VLLM_API_KEY"
+HF_HOME_ENV = "HF_HOME"
+
+SHM_VOLUME = "dshm"
+MODEL_SOURCE_VOLUME = "model-source"
+MODEL_CACHE_VOLUME = "model-cache"
+
+# KubeRay turns a group's `resources` map into `ray start --num-gpus/--resources`; a key named GPU sets
+# --num-gpus whatever the Kubernetes resource name is (KubeRay only guesses it for names ending in "gpu").
+RAY_GPU_RESOURCE = "GPU"
+
+
+def _from_secret(ref: SecretKeyRef) -> dict[str, Any]:
+    """An EnvVarSource: pods read the Secret themselves; its value never passes through the operator."""
+    return {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+
+
+def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
+    return {"name": name, "valueFrom": _from_secret(ref)}
+
+
+def _hf_token_env(spec: VLLMClusterSpec) -> list[dict[str, Any]]:
+    token = spec.model.hf_token_secret_ref
+    return [_secret_env(HF_TOKEN_ENV, token)] if token else []
+
+
+def _worker_env(spec: VLLMClusterSpec) -> list[dict[str, Any]]:
+    env = _hf_token_env(spec)
+    if spec.engine.api_key_secret_ref:
+        # vLLM reads VLLM_API_KEY when --api-key is absent: the key never appears in a Ray job request.
+        env.append(_secret_env(API_KEY_ENV, spec.engine.api_key_secret_ref))
+    if spec.model_cache:
+        env.append({"name": HF_HOME_ENV, "value": spec.model_cache.mount_path})
+    env.extend(var.to_wire() for var in spec.engine.env)
+    return env
+
+
+def _worker_resources(spec: VLLMClusterSpec) -> dict[str, Any]:
+    worker = spec.ray.worker
+    user = worker.resources or ResourceRequirements()
+    gpus = {worker.gpu_resource_name: worker.gpus_per_worker}
+    # Extended resources need requests == limits; setting both keeps that true whatever the user gave.
+    return {
+        "limits": {**(user.limits or {}), **gpus},
+        "requests": {**(user.requests or {}), **gpus},
+    }
+
+
+def _worker_volumes(spec: VLLMClusterSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and their mounts: a memory-backed /dev/shm for NCCL, the model's PVC, the HF cache."""
+    volumes: list[dict[str, Any]] = [
+        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": spec.ray.worker.shm_size}}
+    ]
+    mounts: list[dict[str, Any]] = [{"name": SHM_VOLUME, "mountPath": SHM_MOUNT_PATH}]
+    claim = spec.model.parsed_source.volume_claim
+    if claim:
+        volumes.append(
+            {"name": MODEL_SOURCE_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append(
+            {"name": MODEL_SOURCE_VOLUME, "mountPath": f"{MODEL_PVC_MOUNT_ROOT}/{claim}", "readOnly": True}
+        )
+    if spec.model_cache:
+        volumes.append(
+            {"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.model_cache.claim_name}}
+        )
+        mounts.append({"name": MODEL_CACHE_VOLUME, "mountPath": spec.model_cache.mount_path})
+    return volumes, mounts
+
+
+def _container(spec: VLLMClusterSpec, name: str) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": name, "image": spec.ray.image}
+    if spec.ray.image_pull_policy:
+        container["imagePullPolicy"] = spec.ray.image_pull_policy
+    return container
+
+
+def _pod_template(
+    name: str,
+    containers: list[dict[str, Any]],
+    node_selector: dict[str, str],
+    tolerations: list[dict[str, Any]],
+    volumes: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {"containers": containers}
+    if node_selector:
+        pod_spec["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if volumes:
+        pod_spec["volumes"] = volumes
+    return {"metadata": {"labels": cluster_labels(name)}, "spec": pod_spec}
+
+
+def _head_group(spec: VLLMClusterSpec, name: str) -> dict[str, Any]:
+    head = spec.ray.head
+    container = _container(spec, HEAD_CONTAINER)
+    if head.resources:
+        container["resources"] = head.resources.to_wire()
+    env = _hf_token_env(spec)
+    if env:
+        container["env"] = env
+    return {
+        "rayStartParams": {**DEFAULT_HEAD_START_PARAMS, **head.ray_start_params},
+        "template": _pod_template(
+            name, [container], head.node_selector, [toleration.to_wire() for toleration in head.tolerations]
+        ),
+    }
+
+
+def _worker_group(spec: VLLMClusterSpec, name: str) -> dict[str, Any]:
+    worker = spec.ray.worker
+    volumes, mounts = _worker_volumes(spec)
+    container = _container(spec, WORKER_CONTAINER)
+    container["resources"] = _worker_resources(spec)
+    env = _worker_env(spec)
+    if env:
+        container["env"] = env
+    container["ports"] = [{"name": ENGINE_PORT_NAME, "containerPort": spec.engine.port, "protocol": "TCP"}]
+    container["volumeMounts"] = mounts
+    workers = spec.desired_workers
+    return {
+        "groupName": WORKER_GROUP,
+        "replicas": workers,
+        "minReplicas": workers,
+        "maxReplicas": workers,
+        "numOfHosts": 1,
+        "rayStartParams": {},
+        "resources": {
+            RAY_GPU_RESOURCE: str(worker.gpus_per_worker),
+            ENGINE_SLOT_RESOURCE: str(spec.engine_slots_per_worker),
+        },
+        "template": _pod_template(
+            name,
+            [container],
+            worker.node_selector,
+            [toleration.to_wire() for toleration in worker.tolerations],
+            volumes,
+        ),
+    }
+
+
+def _gcs_fault_tolerance(spec: VLLMClusterSpec) -> dict[str, Any] | None:
+    options = spec.ray.gcs_fault_tolerance
+    if options is None:
+        return None
+    built: dict[str, Any] = {"redisAddress": options.redis_address}
+    if options.redis_password_secret_ref:
+        built["redisPassword"] = {"valueFrom": _from_secret(options.redis_password_secret_ref)}
+    return built
+
+
+def build_ray_cluster(spec: VLLMClusterSpec, name: str, namespace: str, uid: str) -> dict[str, Any]:
+    """The RayCluster for VLLMCluster `namespace/name` (uid for the owner reference), as a plain dict ready
+    for server-side apply."""
+    ray_spec: dict[str, Any] = {
+        "rayVersion": spec.ray.ray_version,
+        "suspend": spec.suspend,
+        "enableInTreeAutoscaling": False,
+        # KubeRay's Recreate replaces all pods when their template changes, which is what our Recreate means.
+        "upgradeStrategy": {"type": spec.upgrade_strategy.type},
+        "headGroupSpec": _head_group(spec, name),
+        "workerGroupSpecs": [_worker_group(spec, name)],
+    }
+    gcs = _gcs_fault_tolerance(spec)
+    if gcs:
+        ray_spec["gcsFaultToleranceOptions"] = gcs
+    return {
+        "apiVersion": RAY_API_VERSION,
+        "kind": RAY_CLUSTER_KIND,
+        "metadata": child_metadata(name, namespace, uid),
+        "spec": ray_spec,
+    }

@@ -1,0 +1,56 @@
+"""Pydantic models of the VLLMCluster API: THE contract with the CRD (crds/ is generated from them)."""
+
+from rayvllm.models.kube import EnvVar, ResourceRequirements, SecretKeyRef, Toleration
+from rayvllm.models.resource import (
+    API_VERSION_STRING,
+    MAX_NAME_LENGTH,
+    VLLMCluster,
+    describe_validation_error,
+    parse_cluster,
+    parse_previous_status,
+    parse_spec,
+)
+from rayvllm.models.spec import (
+    ENGINE_SLOT_RESOURCE,
+    EngineSpec,
+    ModelSource,
+    ModelSourceKind,
+    RaySpec,
+    VLLMClusterSpec,
+)
+from rayvllm.models.status import (
+    Condition,
+    ConditionType,
+    EndpointStatus,
+    EngineStatus,
+    Phase,
+    RayClusterStatus,
+    VLLMClusterStatus,
+)
+
+__all__ = [
+    "API_VERSION_STRING",
+    "ENGINE_SLOT_RESOURCE",
+    "MAX_NAME_LENGTH",
+    "Condition",
+    "ConditionType",
+    "EndpointStatus",
+    "EngineSpec",
+    "EngineStatus",
+    "EnvVar",
+    "ModelSource",
+    "ModelSourceKind",
+    "Phase",
+    "RayClusterStatus",
+    "RaySpec",
+    "ResourceRequirements",
+    "SecretKeyRef",
+    "Toleration",
+    "VLLMCluster",
+    "VLLMClusterSpec",
+    "VLLMClusterStatus",
+    "describe_validation_error",
+    "parse_cluster",
+    "parse_previous_status",
+    "parse_spec",
+]

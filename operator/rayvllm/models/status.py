@@ -1,0 +1,127 @@
+"""The VLLMCluster status: what the operator observed. Written whole by rayvllm.status.compute_status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from rayvllm.models.base import ApiModel
+
+
+class StatusModel(ApiModel):
+    # Status is read back from the API server as JSON: timestamps arrive as strings.
+    model_config = ConfigDict(strict=False)
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PROVISIONING = "Provisioning"
+    LAUNCHING = "Launching"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    RAY_CLUSTER_READY = "RayClusterReady"
+    ENGINES_READY = "EnginesReady"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+CAMEL_CASE_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+
+class Condition(StatusModel):
+    """A metav1.Condition."""
+
+    type: str = Field(max_length=316, description="Condition type: Ready, RayClusterReady, EnginesReady, ...")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1, max_length=1024, pattern=CAMEL_CASE_REASON, description="CamelCase cause of the status."
+    )
+    message: str = Field("", max_length=32768, description="Human-readable details.")
+    last_transition_time: datetime = Field(description="When status last changed.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="metadata.generation the condition was computed from."
+    )
+
+
+JobStatus = Literal["PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"]
+
+
+class EngineStatus(StatusModel):
+    """One engine replica: a Ray job running vLLM's OpenAI server. Written by the engine supervisor."""
+
+    index: int = Field(ge=0, description="Replica index, 0..replicas-1.")
+    submission_id: str | None = Field(
+        None, max_length=256, description="Ray job submission id of the current attempt."
+    )
+    job_status: JobStatus | None = Field(None, description="Ray job status of the current attempt.")
+    attempt: int = Field(0, ge=0, description="Attempt number, counted from 0; part of the submission id.")
+    restarts: int = Field(
+        0, ge=0, description="Restarts after failures, counted against restartPolicy.maxRestarts."
+    )
+    ready: bool = Field(False, description="The engine answers /health and lists the served model.")
+    url: str | None = Field(None, max_length=1024, description="Where the engine's API server listens.")
+    pod_name: str | None = Field(None, max_length=253, description="Pod that hosts the engine's API server.")
+    started_at: datetime | None = Field(None, description="When the current attempt was submitted.")
+    last_failure: str | None = Field(None, max_length=4096, description="Why the last attempt failed.")
+    budget_exhausted: bool = Field(
+        False, description="maxRestarts is spent: the engine stays down until the spec changes."
+    )
+
+
+class RayClusterStatus(StatusModel):
+    """The child RayCluster."""
+
+    name: str = Field(description="Name of the RayCluster.")
+    desired_workers: int = Field(0, ge=0, description="GPU worker pods the engines need.")
+    ready_workers: int = Field(0, ge=0, description="GPU worker pods ready.")
+
+
+class EndpointStatus(StatusModel):
+    """Where clients reach the engines."""
+
+    service: str = Field(description="Name of the Service that routes to ready engines.")
+    url: str = Field(description="OpenAI-compatible base URL, e.g. http://NAME.NAMESPACE.svc:8000/v1.")
+
+
+class VLLMClusterStatus(StatusModel):
+    """Observed state of a VLLMCluster."""
+
+    observed_generation: int | None = Field(
+        None, ge=0, description="metadata.generation this status describes."
+    )
+    phase: Phase | None = Field(
+        None, description="Pending, Provisioning, Launching, Ready, Degraded, Failed, Suspended."
+    )
+    message: str | None = Field(None, max_length=32768, description="Human-readable summary of the phase.")
+    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Ready, RayClusterReady, EnginesReady, Progressing, Degraded.",
+    )
+    replicas: int = Field(0, ge=0, description="Engines requested (spec.replicas); the /scale status.")
+    ready_replicas: int = Field(0, ge=0, description="Engines serving.")
+    selector: str | None = Field(
+        None, description="Label selector of the pods that serve, for the /scale subresource."
+    )
+    ray_cluster: RayClusterStatus | None = Field(None, description="The child RayCluster.")
+    engines: Annotated[list[EngineStatus], Field(max_length=1000)] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["index"]},
+        description="One entry per engine replica.",
+    )
+    endpoint: EndpointStatus | None = Field(None, description="The Service clients use.")
+    kopf: dict[str, Any] | None = Field(None, description="kopf's own bookkeeping; not part of the API.")
+
+    def condition(self, condition_type: ConditionType) -> Condition | None:
+        return next((c for c in self.conditions if c.type == condition_type), None)

@@ -1,0 +1,306 @@
+"""Pure status computation: what the operator observed -> the whole VLLMCluster status.
+
+No I/O and no clock: the caller passes `now`. Conditions keep their lastTransitionTime while their status
+does not change, so recomputing an unchanged world yields an identical status (and no patch).
+
+Ready is True only when every requested engine answers; until engines exist it is False with reason
+EngineNotLaunched (or a more specific blocker), never True early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from rayvllm.builders.labels import selector_string, serving_selector
+from rayvllm.builders.service import service_url
+from rayvllm.models.spec import VLLMClusterSpec
+from rayvllm.models.status import (
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    EndpointStatus,
+    EngineStatus,
+    Phase,
+    RayClusterStatus,
+    VLLMClusterStatus,
+)
+
+# KubeRay v1.6.1 RayCluster condition types (ray-operator/apis/ray/v1/raycluster_types.go).
+KUBERAY_HEAD_POD_READY = "HeadPodReady"
+KUBERAY_REPLICA_FAILURE = "ReplicaFailure"
+
+
+class Reason:
+    """Condition reasons: stable CamelCase values that alerts and tests may match on."""
+
+    RAY_CLUSTER_NOT_FOUND = "RayClusterNotFound"
+    RAY_CLUSTER_UPDATING = "RayClusterUpdating"
+    RAY_CLUSTER_REPLICA_FAILURE = "RayClusterReplicaFailure"
+    HEAD_POD_NOT_READY = "HeadPodNotReady"
+    WORKERS_NOT_READY = "WorkersNotReady"
+    RAY_CLUSTER_READY = "RayClusterReady"
+    SUSPENDED = "Suspended"
+    SCALED_TO_ZERO = "ScaledToZero"
+    ENGINE_NOT_LAUNCHED = "EngineNotLaunched"
+    ENGINES_NOT_READY = "EnginesNotReady"
+    ALL_ENGINES_READY = "AllEnginesReady"
+    RESTART_BUDGET_EXHAUSTED = "RestartBudgetExhausted"
+    ENGINE_RESTARTING = "EngineRestarting"
+    AS_EXPECTED = "AsExpected"
+    RECONCILE_COMPLETE = "ReconcileComplete"
+    RECOVERING = "Recovering"
+    # Problems the gathering layer reports (see Problem); listed here so all reasons live in one place.
+    SECRET_NOT_FOUND = "SecretNotFound"
+    WORKER_UNSCHEDULABLE = "WorkerUnschedulable"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something only the cluster can judge, found while gathering (a missing Secret, no node that fits a
+    worker). `reason` is CamelCase (e.g. SecretNotFound, WorkerUnschedulable); `fatal` problems will not
+    go away without a spec change and turn the phase to Failed."""
+
+    reason: str
+    message: str
+    fatal: bool = False
+
+
+@dataclass(frozen=True)
+class PodCounts:
+    """Readiness read from the RayCluster's pods directly; fresher than KubeRay's status counters."""
+
+    head_ready: bool
+    ready_workers: int
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything compute_status needs. `ray_cluster` is the RayCluster object as read (or None);
+    `engines` come from the engine supervisor (empty until it has launched any)."""
+
+    name: str
+    namespace: str
+    generation: int
+    spec: VLLMClusterSpec
+    ray_cluster: Mapping[str, Any] | None
+    pods: PodCounts | None = None
+    engines: Sequence[EngineStatus] = ()
+    problems: Sequence[Problem] = ()
+    previous: VLLMClusterStatus | None = None
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    status: ConditionStatus
+    reason: str
+    message: str
+
+    @property
+    def true(self) -> bool:
+        return self.status == "True"
+
+
+def _true(reason: str, message: str) -> _Verdict:
+    return _Verdict("True", reason, message)
+
+
+def _false(reason: str, message: str) -> _Verdict:
+    return _Verdict("False", reason, message)
+
+
+def _kuberay_condition(ray_cluster: Mapping[str, Any], condition_type: str) -> Mapping[str, Any] | None:
+    conditions = (ray_cluster.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == condition_type), None)
+
+
+def _ready_workers(observed: Observation) -> int:
+    if observed.pods is not None:
+        return observed.pods.ready_workers
+    if observed.ray_cluster is None:
+        return 0
+    return int((observed.ray_cluster.get("status") or {}).get("readyWorkerReplicas") or 0)
+
+
+def _ray_cluster_verdict(observed: Observation) -> _Verdict:
+    cluster, spec = observed.ray_cluster, observed.spec
+    if cluster is None:
+        return _false(Reason.RAY_CLUSTER_NOT_FOUND, f"RayCluster {observed.name} does not exist yet")
+    if spec.suspend:
+        return _false(Reason.SUSPENDED, "spec.suspend is true: the Ray pods are removed")
+    status = cluster.get("status") or {}
+    generation = (cluster.get("metadata") or {}).get("generation")
+    seen = status.get("observedGeneration")
+    if generation is not None and seen is not None and seen < generation:
+        return _false(Reason.RAY_CLUSTER_UPDATING, "KubeRay has not yet processed the latest RayCluster spec")
+    failure = _kuberay_condition(cluster, KUBERAY_REPLICA_FAILURE)
+    if failure is not None and failure.get("status") == "True":
+        return _false(
+            Reason.RAY_CLUSTER_REPLICA_FAILURE, str(failure.get("message") or "pod creation failed")
+        )
+    if observed.pods is not None:
+        head_ready = observed.pods.head_ready
+    else:
+        head = _kuberay_condition(cluster, KUBERAY_HEAD_POD_READY)
+        head_ready = head is not None and head.get("status") == "True"
+    if not head_ready:
+        return _false(Reason.HEAD_POD_NOT_READY, "the Ray head pod is not ready")
+    desired, ready = spec.desired_workers, _ready_workers(observed)
+    if ready < desired:
+        return _false(Reason.WORKERS_NOT_READY, f"{ready}/{desired} GPU worker pods ready")
+    return _true(Reason.RAY_CLUSTER_READY, f"head and {desired} GPU worker pods ready")
+
+
+def _requested_engines(observed: Observation) -> list[EngineStatus]:
+    """Engines the spec asks for now; entries past `replicas` are being stopped and do not count."""
+    return sorted((e for e in observed.engines if e.index < observed.spec.replicas), key=lambda e: e.index)
+
+
+def _describe_failure(engine: EngineStatus) -> str:
+    return (
+        f"engine {engine.index}: {engine.last_failure}" if engine.last_failure else f"engine {engine.index}"
+    )
+
+
+def _engines_verdict(observed: Observation, engines: list[EngineStatus]) -> _Verdict:
+    replicas = observed.spec.replicas
+    if observed.spec.suspend:
+        return _false(Reason.SUSPENDED, "spec.suspend is true: no engine runs")
+    if replicas == 0:
+        return _true(Reason.SCALED_TO_ZERO, "spec.replicas is 0: no engine is requested")
+    exhausted = [e for e in engines if e.budget_exhausted]
+    if exhausted:
+        return _false(
+            Reason.RESTART_BUDGET_EXHAUSTED,
+            f"restartPolicy.maxRestarts ({observed.spec.restart_policy.max_restarts}) spent by "
+            + "; ".join(_describe_failure(e) for e in exhausted),
+        )
+    if not engines:
+        return _false(Reason.ENGINE_NOT_LAUNCHED, "no engine has been launched yet")
+    ready = sum(e.ready for e in engines)
+    if ready == replicas:
+        return _true(Reason.ALL_ENGINES_READY, f"{ready}/{replicas} engines ready")
+    return _false(Reason.ENGINES_NOT_READY, f"{ready}/{replicas} engines ready")
+
+
+def _degraded_verdict(observed: Observation, engines: list[EngineStatus], ray_cluster: _Verdict) -> _Verdict:
+    if observed.problems:
+        first = observed.problems[0]
+        return _true(first.reason, "; ".join(p.message for p in observed.problems))
+    exhausted = [e for e in engines if e.budget_exhausted]
+    if exhausted:
+        return _true(Reason.RESTART_BUDGET_EXHAUSTED, "; ".join(_describe_failure(e) for e in exhausted))
+    if ray_cluster.reason == Reason.RAY_CLUSTER_REPLICA_FAILURE:
+        return _true(ray_cluster.reason, ray_cluster.message)
+    restarting = [e for e in engines if not e.ready and e.restarts > 0]
+    if restarting and not observed.spec.suspend:
+        return _true(
+            Reason.ENGINE_RESTARTING,
+            "restarting after failure: " + "; ".join(_describe_failure(e) for e in restarting),
+        )
+    return _false(Reason.AS_EXPECTED, "nothing is failing")
+
+
+def _phase_and_ready(
+    observed: Observation, ray_cluster: _Verdict, engines: _Verdict, degraded: _Verdict
+) -> tuple[Phase, _Verdict]:
+    """The phase, and the Ready verdict that explains it (its reason names the blocker)."""
+    spec = observed.spec
+    if spec.suspend:
+        return Phase.SUSPENDED, _false(Reason.SUSPENDED, engines.message)
+    fatal = [p for p in observed.problems if p.fatal]
+    if fatal:
+        return Phase.FAILED, _false(fatal[0].reason, "; ".join(p.message for p in fatal))
+    if engines.reason == Reason.RESTART_BUDGET_EXHAUSTED:
+        return Phase.FAILED, _false(engines.reason, engines.message)
+    if engines.true and ray_cluster.true and not degraded.true:
+        return Phase.READY, _true(engines.reason, engines.message)
+    if any(e.ready for e in _requested_engines(observed)):
+        # Some engines serve: a broken part is Degraded; a rollout still in progress is Launching.
+        if degraded.true or not ray_cluster.true:
+            blocker = degraded if degraded.true else ray_cluster
+            return Phase.DEGRADED, _false(blocker.reason, blocker.message)
+        return Phase.LAUNCHING, _false(engines.reason, engines.message)
+    if observed.ray_cluster is None:
+        blocker = degraded if degraded.true else ray_cluster
+        return Phase.PENDING, _false(blocker.reason, blocker.message)
+    if not ray_cluster.true:
+        if degraded.true:
+            # Blocked before anything ran is Pending; losing what ran before is Degraded.
+            phase = Phase.DEGRADED if _requested_engines(observed) else Phase.PENDING
+            return phase, _false(degraded.reason, degraded.message)
+        return Phase.PROVISIONING, _false(ray_cluster.reason, ray_cluster.message)
+    if degraded.true:
+        return Phase.DEGRADED, _false(degraded.reason, degraded.message)
+    return Phase.LAUNCHING, _false(engines.reason, engines.message)
+
+
+def _progressing_verdict(phase: Phase, ready: _Verdict) -> _Verdict:
+    match phase:
+        case Phase.READY:
+            return _false(Reason.RECONCILE_COMPLETE, "the spec is fully rolled out")
+        case Phase.SUSPENDED | Phase.FAILED:
+            return _false(ready.reason, ready.message)
+        case Phase.DEGRADED:
+            return _true(Reason.RECOVERING, ready.message)
+        case _:
+            return _true(phase.value, ready.message)
+
+
+def _condition(
+    condition_type: ConditionType, verdict: _Verdict, observed: Observation, now: datetime
+) -> Condition:
+    previous = observed.previous.condition(condition_type) if observed.previous else None
+    since = previous.last_transition_time if previous and previous.status == verdict.status else now
+    return Condition(
+        type=condition_type,
+        status=verdict.status,
+        reason=verdict.reason,
+        message=verdict.message,
+        last_transition_time=since,
+        observed_generation=observed.generation,
+    )
+
+
+def compute_status(observed: Observation, now: datetime) -> VLLMClusterStatus:
+    """The whole status for what was observed at `now` (timezone-aware; kept to whole seconds like
+    metav1.Time)."""
+    if now.tzinfo is None or now.utcoffset() != timedelta(0):
+        raise ValueError("now must be a UTC-aware datetime")
+    now = now.replace(microsecond=0)
+    spec, name = observed.spec, observed.name
+
+    engines = _requested_engines(observed)
+    ray_cluster = _ray_cluster_verdict(observed)
+    engines_verdict = _engines_verdict(observed, engines)
+    degraded = _degraded_verdict(observed, engines, ray_cluster)
+    phase, ready = _phase_and_ready(observed, ray_cluster, engines_verdict, degraded)
+    progressing = _progressing_verdict(phase, ready)
+
+    verdicts = {
+        ConditionType.READY: ready,
+        ConditionType.RAY_CLUSTER_READY: ray_cluster,
+        ConditionType.ENGINES_READY: engines_verdict,
+        ConditionType.PROGRESSING: progressing,
+        ConditionType.DEGRADED: degraded,
+    }
+    return VLLMClusterStatus(
+        observed_generation=observed.generation,
+        phase=phase,
+        message=ready.message,
+        conditions=[_condition(kind, verdict, observed, now) for kind, verdict in verdicts.items()],
+        replicas=spec.replicas,
+        ready_replicas=sum(e.ready for e in engines),
+        selector=selector_string(serving_selector(name)),
+        ray_cluster=(
+            RayClusterStatus(
+                name=name, desired_workers=spec.desired_workers, ready_workers=_ready_workers(observed)
+            )
+            if observed.ray_cluster is not None
+            else None
+        ),
+        engines=sorted(observed.engines, key=lambda e: e.index),
+        endpoint=EndpointStatus(service=name, url=service_url(spec, name, observed.namespace)),
+    )

@@ -1,0 +1,306 @@
+"""Status computation: phases, condition reasons and lastTransitionTime bookkeeping across transitions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from rayvllm.models import ConditionType, EngineStatus, Phase, VLLMClusterSpec, VLLMClusterStatus
+from rayvllm.status import Observation, PodCounts, Problem, Reason, compute_status
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+NAME, NAMESPACE = "llama", "team-a"
+
+
+def _spec(replicas: int = 2, suspend: bool = False, max_restarts: int = 5) -> VLLMClusterSpec:
+    return VLLMClusterSpec.model_validate(
+        {
+            "model": {"source": "hf://org/model"},
+            "engine": {"tensorParallelSize": 2},
+            "replicas": replicas,
+            "ray": {"image": "img", "worker": {"gpusPerWorker": 2}},
+            "restartPolicy": {"maxRestarts": max_restarts},
+            "suspend": suspend,
+        }
+    )
+
+
+def _ray_cluster(
+    head_ready: bool = True,
+    ready_workers: int = 2,
+    generation: int = 1,
+    seen: int = 1,
+    failure: str | None = None,
+) -> dict[str, Any]:
+    """A RayCluster as KubeRay v1.6.1 reports it."""
+    conditions: list[dict[str, Any]] = [
+        {
+            "type": "HeadPodReady",
+            "status": "True" if head_ready else "False",
+            "reason": "HeadPodRunningAndReady",
+        },
+        {"type": "RayClusterProvisioned", "status": "True", "reason": "AllPodRunningAndReadyFirstTime"},
+    ]
+    if failure:
+        conditions.append(
+            {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "reason": "FailedCreateWorkerPod",
+                "message": failure,
+            }
+        )
+    return {
+        "metadata": {"name": NAME, "generation": generation},
+        "status": {
+            "state": "ready",
+            "readyWorkerReplicas": ready_workers,
+            "desiredWorkerReplicas": 2,
+            "observedGeneration": seen,
+            "conditions": conditions,
+        },
+    }
+
+
+def _engine(index: int, ready: bool = True, restarts: int = 0, exhausted: bool = False) -> EngineStatus:
+    return EngineStatus(
+        index=index,
+        submission_id=f"rayvllm-{index}",
+        job_status="RUNNING" if ready else "FAILED",
+        ready=ready,
+        restarts=restarts,
+        last_failure=None if ready else "engine exited with code 1",
+        budget_exhausted=exhausted,
+    )
+
+
+def _observe(
+    spec: VLLMClusterSpec | None = None,
+    ray_cluster: dict[str, Any] | None = None,
+    engines: tuple[EngineStatus, ...] = (),
+    problems: tuple[Problem, ...] = (),
+    previous: VLLMClusterStatus | None = None,
+    pods: PodCounts | None = None,
+    generation: int = 3,
+) -> Observation:
+    return Observation(
+        name=NAME,
+        namespace=NAMESPACE,
+        generation=generation,
+        spec=spec or _spec(),
+        ray_cluster=ray_cluster,
+        pods=pods,
+        engines=engines,
+        problems=problems,
+        previous=previous,
+    )
+
+
+def _summary(status: VLLMClusterStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in status.conditions}
+
+
+def test_nothing_exists_yet() -> None:
+    status = compute_status(_observe(), T0)
+    assert status.phase is Phase.PENDING
+    assert _summary(status) == {
+        "Ready": ("False", Reason.RAY_CLUSTER_NOT_FOUND),
+        "RayClusterReady": ("False", Reason.RAY_CLUSTER_NOT_FOUND),
+        "EnginesReady": ("False", Reason.ENGINE_NOT_LAUNCHED),
+        "Progressing": ("True", "Pending"),
+        "Degraded": ("False", Reason.AS_EXPECTED),
+    }
+    assert status.ray_cluster is None
+    assert status.endpoint is not None and status.endpoint.url == "http://llama.team-a.svc:8000/v1"
+    assert status.selector == "rayvllm.io/cluster=llama,rayvllm.io/serving=true"
+    assert (status.observed_generation, status.replicas, status.ready_replicas) == (3, 2, 0)
+
+
+@pytest.mark.parametrize(
+    ("ray_cluster", "reason", "message"),
+    [
+        (
+            _ray_cluster(head_ready=False, ready_workers=0),
+            Reason.HEAD_POD_NOT_READY,
+            "the Ray head pod is not ready",
+        ),
+        (_ray_cluster(ready_workers=1), Reason.WORKERS_NOT_READY, "1/2 GPU worker pods ready"),
+        (_ray_cluster(generation=2, seen=1), Reason.RAY_CLUSTER_UPDATING, "KubeRay has not yet processed"),
+        (
+            _ray_cluster(failure="exceeded quota: gpu"),
+            Reason.RAY_CLUSTER_REPLICA_FAILURE,
+            "exceeded quota: gpu",
+        ),
+    ],
+)
+def test_provisioning(ray_cluster: dict[str, Any], reason: str, message: str) -> None:
+    status = compute_status(_observe(ray_cluster=ray_cluster), T0)
+    ready = status.condition(ConditionType.READY)
+    assert ready is not None and ready.status == "False" and ready.reason == reason
+    assert message in (status.message or "")
+    assert _summary(status)["RayClusterReady"] == ("False", reason)
+    if reason == Reason.RAY_CLUSTER_REPLICA_FAILURE:
+        assert status.phase is Phase.PENDING
+        assert _summary(status)["Degraded"] == ("True", reason)
+    else:
+        assert status.phase is Phase.PROVISIONING
+
+
+def test_pod_counts_override_kuberay_counters() -> None:
+    stale = _ray_cluster(head_ready=False, ready_workers=0)
+    status = compute_status(_observe(ray_cluster=stale, pods=PodCounts(head_ready=True, ready_workers=2)), T0)
+    assert _summary(status)["RayClusterReady"] == ("True", Reason.RAY_CLUSTER_READY)
+    assert status.ray_cluster is not None and status.ray_cluster.ready_workers == 2
+
+
+def test_ray_cluster_ready_but_no_engine_is_never_ready() -> None:
+    status = compute_status(_observe(ray_cluster=_ray_cluster()), T0)
+    assert status.phase is Phase.LAUNCHING
+    assert _summary(status)["Ready"] == ("False", Reason.ENGINE_NOT_LAUNCHED)
+    assert _summary(status)["RayClusterReady"] == ("True", Reason.RAY_CLUSTER_READY)
+    assert status.ray_cluster is not None and status.ray_cluster.desired_workers == 2
+
+
+def test_engines_loading() -> None:
+    status = compute_status(
+        _observe(ray_cluster=_ray_cluster(), engines=(_engine(0), _engine(1, ready=False))), T0
+    )
+    assert status.phase is Phase.LAUNCHING
+    assert _summary(status)["Ready"] == ("False", Reason.ENGINES_NOT_READY)
+    assert status.message == "1/2 engines ready"
+    assert status.ready_replicas == 1
+
+
+def test_all_engines_ready() -> None:
+    status = compute_status(_observe(ray_cluster=_ray_cluster(), engines=(_engine(1), _engine(0))), T0)
+    assert status.phase is Phase.READY
+    assert _summary(status) == {
+        "Ready": ("True", Reason.ALL_ENGINES_READY),
+        "RayClusterReady": ("True", Reason.RAY_CLUSTER_READY),
+        "EnginesReady": ("True", Reason.ALL_ENGINES_READY),
+        "Progressing": ("False", Reason.RECONCILE_COMPLETE),
+        "Degraded": ("False", Reason.AS_EXPECTED),
+    }
+    assert [e.index for e in status.engines] == [0, 1]
+    assert status.ready_replicas == 2
+
+
+def test_engine_crash_after_ready_degrades() -> None:
+    engines = (_engine(0), _engine(1, ready=False, restarts=1))
+    status = compute_status(_observe(ray_cluster=_ray_cluster(), engines=engines), T0)
+    assert status.phase is Phase.DEGRADED
+    assert _summary(status)["Degraded"] == ("True", Reason.ENGINE_RESTARTING)
+    assert _summary(status)["Progressing"] == ("True", Reason.RECOVERING)
+    assert "engine 1: engine exited with code 1" in (status.message or "")
+
+
+def test_restart_budget_exhausted_fails() -> None:
+    engines = (_engine(0), _engine(1, ready=False, restarts=5, exhausted=True))
+    status = compute_status(_observe(ray_cluster=_ray_cluster(), engines=engines), T0)
+    assert status.phase is Phase.FAILED
+    assert _summary(status)["Ready"] == ("False", Reason.RESTART_BUDGET_EXHAUSTED)
+    assert _summary(status)["Progressing"] == ("False", Reason.RESTART_BUDGET_EXHAUSTED)
+    assert "restartPolicy.maxRestarts (5)" in (status.message or "")
+
+
+def test_suspended() -> None:
+    status = compute_status(_observe(spec=_spec(suspend=True), ray_cluster=_ray_cluster(ready_workers=0)), T0)
+    assert status.phase is Phase.SUSPENDED
+    assert _summary(status)["Ready"] == ("False", Reason.SUSPENDED)
+    assert _summary(status)["Progressing"] == ("False", Reason.SUSPENDED)
+
+
+def test_scaled_to_zero_is_ready_once_the_head_is() -> None:
+    spec = _spec(replicas=0)
+    assert spec.desired_workers == 0
+    status = compute_status(_observe(spec=spec, ray_cluster=_ray_cluster(ready_workers=0)), T0)
+    assert status.phase is Phase.READY
+    assert _summary(status)["Ready"] == ("True", Reason.SCALED_TO_ZERO)
+    waiting = compute_status(
+        _observe(spec=spec, ray_cluster=_ray_cluster(head_ready=False, ready_workers=0)), T0
+    )
+    assert waiting.phase is Phase.PROVISIONING
+
+
+def test_engines_beyond_replicas_do_not_count() -> None:
+    engines = (_engine(0), _engine(1), _engine(2))
+    status = compute_status(_observe(spec=_spec(replicas=2), ray_cluster=_ray_cluster(), engines=engines), T0)
+    assert status.ready_replicas == 2 and status.phase is Phase.READY
+    assert [e.index for e in status.engines] == [0, 1, 2]
+
+
+def test_cluster_side_problem_blocks_and_is_reported() -> None:
+    problem = Problem(
+        Reason.SECRET_NOT_FOUND, "Secret team-a/hf-token not found (spec.model.hfTokenSecretRef)"
+    )
+    status = compute_status(_observe(ray_cluster=_ray_cluster(head_ready=False), problems=(problem,)), T0)
+    assert status.phase is Phase.PENDING
+    assert _summary(status)["Ready"] == ("False", Reason.SECRET_NOT_FOUND)
+    assert _summary(status)["Degraded"] == ("True", Reason.SECRET_NOT_FOUND)
+    assert status.message == problem.message
+
+
+def test_problem_while_serving_degrades() -> None:
+    problem = Problem(Reason.SECRET_NOT_FOUND, "Secret team-a/hf-token not found")
+    status = compute_status(
+        _observe(ray_cluster=_ray_cluster(), engines=(_engine(0), _engine(1)), problems=(problem,)), T0
+    )
+    assert status.phase is Phase.DEGRADED
+    assert _summary(status)["Ready"] == ("False", Reason.SECRET_NOT_FOUND)
+
+
+def test_fatal_problem_fails() -> None:
+    problem = Problem(Reason.WORKER_UNSCHEDULABLE, "no node offers 64 nvidia.com/gpu", fatal=True)
+    status = compute_status(_observe(ray_cluster=_ray_cluster(ready_workers=0), problems=(problem,)), T0)
+    assert status.phase is Phase.FAILED
+    assert _summary(status)["Ready"] == ("False", Reason.WORKER_UNSCHEDULABLE)
+
+
+def test_last_transition_time_moves_only_on_status_change() -> None:
+    first = compute_status(_observe(ray_cluster=_ray_cluster(ready_workers=1)), T0)
+    later = T0 + timedelta(minutes=5)
+    # Same statuses, different reason (WorkersNotReady -> EngineNotLaunched for Ready): times are kept.
+    second = compute_status(_observe(ray_cluster=_ray_cluster(), previous=first), later)
+    times = {c.type: c.last_transition_time for c in second.conditions}
+    assert times["Ready"] == T0 and times["Degraded"] == T0 and times["Progressing"] == T0
+    assert times["RayClusterReady"] == later  # False -> True
+    third = compute_status(
+        _observe(ray_cluster=_ray_cluster(), engines=(_engine(0), _engine(1)), previous=second),
+        later + timedelta(minutes=1),
+    )
+    assert third.condition(ConditionType.READY).last_transition_time == later + timedelta(minutes=1)  # type: ignore[union-attr]
+
+
+def test_recomputing_an_unchanged_world_is_a_no_op() -> None:
+    observed = _observe(ray_cluster=_ray_cluster(), engines=(_engine(0), _engine(1)))
+    first = compute_status(observed, T0)
+    again = compute_status(
+        _observe(ray_cluster=_ray_cluster(), engines=(_engine(0), _engine(1)), previous=first),
+        T0 + timedelta(hours=1),
+    )
+    assert again.to_wire() == first.to_wire()
+
+
+def test_status_wire_form() -> None:
+    wire = compute_status(
+        _observe(ray_cluster=_ray_cluster(), engines=(_engine(0), _engine(1))), T0.replace(microsecond=123)
+    ).to_wire()
+    ready = next(c for c in wire["conditions"] if c["type"] == "Ready")
+    assert ready == {
+        "type": "Ready",
+        "status": "True",
+        "reason": "AllEnginesReady",
+        "message": "2/2 engines ready",
+        "lastTransitionTime": "2026-03-01T12:00:00Z",
+        "observedGeneration": 3,
+    }
+    assert wire["rayCluster"] == {"name": NAME, "desiredWorkers": 2, "readyWorkers": 2}
+    assert wire["endpoint"] == {"service": NAME, "url": "http://llama.team-a.svc:8000/v1"}
+    assert "kopf" not in wire
+
+
+def test_now_must_be_utc_aware() -> None:
+    with pytest.raises(ValueError, match="UTC"):
+        compute_status(_observe(), datetime(2026, 3, 1))
