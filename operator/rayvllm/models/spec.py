@@ -444,7 +444,10 @@ class RestartPolicySpec(ApiModel):
 
     cel_rules = (
         Rule(
-            cel="self.maxBackoffSeconds >= self.backoffSeconds",
+            # The API server also checks this rule against the `default: {}` of restartPolicy, before
+            # nested defaults exist: absent fields must not fail it.
+            cel="!has(self.maxBackoffSeconds) || !has(self.backoffSeconds) "
+            "|| self.maxBackoffSeconds >= self.backoffSeconds",
             message="spec.restartPolicy.maxBackoffSeconds must be >= spec.restartPolicy.backoffSeconds",
             holds=lambda policy: policy.max_backoff_seconds >= policy.backoff_seconds,
             field_path=".maxBackoffSeconds",
