@@ -17,7 +17,7 @@ from rayvllm.crdgen import crd, main, openapi_schema, render
 from rayvllm.models import API_VERSION_STRING, VLLMCluster
 from rayvllm.models.spec import OWNED_ENGINE_FLAGS
 
-from .crdtools import Schema, admission_errors, apply_defaults
+from .crdtools import Schema, admission_errors, apply_defaults, cel_errors, schema_errors
 from .inputs import CRD_FILE, load_yaml, samples
 
 
@@ -98,6 +98,15 @@ def test_cel_rules_compile_and_lists_are_bounded() -> None:
                     assert "maxLength" in node["items"], path
             if node.get("type") == "string":
                 assert "maxLength" in node, path
+
+
+def test_defaults_satisfy_their_own_rules() -> None:
+    """The API server checks each `default` against its node, CEL rules included, as written: nested
+    defaults are not applied first (a rule reading a field absent from `default: {}` fails)."""
+    for path, node in _nodes(openapi_schema()):
+        if "default" in node:
+            assert list(schema_errors(node, node["default"], path)) == []
+            assert list(cel_errors(node, node["default"], path)) == []
 
 
 @pytest.mark.parametrize("path", samples(), ids=lambda path: path.stem)
