@@ -1,0 +1,311 @@
+"""The install paths' files agree with each other and with the house rules, without a cluster: the chart's
+crds/ is a byte copy of crds/, manifests/install.yaml is what the chart renders now, the rendered
+Deployment and RBAC are least-privilege, values.yaml is documented, the Dockerfile is the agreed shape.
+These need the pinned helm binary (hack/build-tools.sh); a missing one fails, never skips."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.operator_identity import CHART, DOCKERFILE, Helm, dockerfile_instruction
+
+REPO = Path(__file__).resolve().parents[2]
+Manifest = dict[str, Any]
+
+# The operator's permissions, exactly (README.md of the chart says why each is needed).
+NAMESPACED_RULES: list[Manifest] = [
+    {
+        "apiGroups": ["rayvllm.io"],
+        "resources": ["vllmclusters"],
+        "verbs": ["get", "list", "watch", "patch", "update"],
+    },
+    {"apiGroups": ["rayvllm.io"], "resources": ["vllmclusters/status"], "verbs": ["get", "patch", "update"]},
+    {"apiGroups": ["rayvllm.io"], "resources": ["vllmclusters/finalizers"], "verbs": ["update"]},
+    {
+        "apiGroups": ["ray.io"],
+        "resources": ["rayclusters"],
+        "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["services"],
+        "verbs": ["get", "list", "watch", "create", "patch", "update"],
+    },
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+CLUSTER_RULES: list[Manifest] = [
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["get", "list", "watch"],
+    },
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+]
+
+
+def load_script(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm.for_cluster(None, tmp_path_factory.mktemp("helm-home"))
+
+
+def by_kind(docs: list[Manifest], kind: str) -> list[Manifest]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def only(docs: list[Manifest], kind: str) -> Manifest:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+# ---- generated files are fresh ---------------------------------------------------------------------
+
+
+def test_chart_crds_are_a_byte_copy_of_crds() -> None:
+    source = {p.name: p.read_bytes() for p in sorted((REPO / "crds").glob("*.yaml"))}
+    copy = {p.name: p.read_bytes() for p in sorted((CHART / "crds").glob("*.yaml"))}
+    assert sorted(copy) == sorted(source), "run: .venv/bin/python hack/render-manifests.py"
+    stale = [name for name in source if source[name] != copy[name]]
+    assert not stale, (
+        f"helm/rayvllm-operator/crds/ differs from crds/ for {stale}: run hack/render-manifests.py"
+    )
+
+
+def test_install_yaml_is_what_the_chart_renders_now() -> None:
+    render = load_script(REPO / "hack" / "render-manifests.py")
+    helm = render.Tools.from_cache().helm / "helm"
+    rendered = render.render_install(helm)
+    committed = (REPO / "manifests" / "install.yaml").read_text()
+    assert committed == rendered, (
+        "manifests/install.yaml is stale: run .venv/bin/python hack/render-manifests.py"
+    )
+    docs = [d for d in yaml.safe_load_all(committed) if d]
+    assert docs[0] == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "rayvllm-system", "labels": {"app.kubernetes.io/part-of": "rayvllm"}},
+    }
+    assert {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")} == {
+        p.name.removesuffix(".yaml") for p in (REPO / "crds").glob("*.yaml")
+    }
+    assert all(d["metadata"].get("namespace", "rayvllm-system") == "rayvllm-system" for d in docs)
+
+
+def test_render_check_mode_agrees() -> None:
+    render = load_script(REPO / "hack" / "render-manifests.py")
+    assert render.stale_crds() == []
+    assert render.main(["--check"]) == 0
+
+
+# ---- the chart -------------------------------------------------------------------------------------
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "rayvllm-operator"
+    assert chart["appVersion"] == "0.1.0"
+    assert "dependencies" not in chart, "KubeRay is documented, never vendored"
+
+
+def test_every_value_is_documented() -> None:
+    """Each top-level key of values.yaml has a comment above it, or each of its children has one."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+
+    def commented(index: int) -> bool:
+        return index > 0 and lines[index - 1].strip().startswith("#")
+
+    undocumented = []
+    for i, line in enumerate(lines):
+        top = re.match(r"^([A-Za-z]\w*):", line)
+        if not top or commented(i):
+            continue
+        children = []
+        for j in range(i + 1, len(lines)):
+            if lines[j] and not lines[j].startswith(" "):
+                break
+            if re.match(r"^  [A-Za-z]\w*:", lines[j]):
+                children.append(j)
+        if not children or not all(commented(j) for j in children):
+            undocumented.append(top.group(1))
+    assert not undocumented, f"values.yaml keys without a comment: {undocumented}"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = yaml.safe_load((CHART / "values.schema.json").read_text())
+    assert set(values) <= set(schema["properties"]), "every value must be declared in values.schema.json"
+    assert schema["additionalProperties"] is False
+
+
+def test_default_deployment_is_hardened(helm: Helm) -> None:
+    docs = helm.template("rayvllm", "rayvllm-system")
+    deployment = only(docs, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == only(docs, "ServiceAccount")["metadata"]["name"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["image"] == "rayvllm/operator:0.1.0"
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["runAsNonRoot"] is True and isinstance(sc["runAsUser"], int)
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert container["command"] == ["kopf"]
+    assert container["args"] == [
+        "run",
+        "-m",
+        "rayvllm.handlers",
+        "--standalone",
+        "--log-format=json",
+        "--liveness=http://0.0.0.0:8080/healthz",
+        "--all-namespaces",
+    ]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"healthz": 8080, "metrics": 9090}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {
+        "RAYVLLM_RESYNC_SECONDS": "15",
+        "RAYVLLM_DASHBOARD_URL_TEMPLATE": "http://{cluster}-head-svc.{namespace}.svc:8265",
+        "RAYVLLM_HTTP_TIMEOUT_SECONDS": "5",
+    }
+
+
+def test_values_reach_the_deployment(helm: Helm) -> None:
+    docs = helm.template(
+        "team",
+        "ops",
+        {
+            "watch": {"mode": "namespaces", "namespaces": ["a", "b"]},
+            "settings": {"resyncSeconds": 2.5, "engineHostOverride": "127.0.0.1", "httpTimeoutSeconds": 9},
+            "logFormat": "plain",
+            "liveness": {"port": 18080},
+            "image": {"repository": "example/op", "tag": "dev", "pullPolicy": "Always"},
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+        },
+    )
+    container = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][3:] == [
+        "--standalone",
+        "--log-format=plain",
+        "--liveness=http://0.0.0.0:18080/healthz",
+        "--namespace=a",
+        "--namespace=b",
+    ]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["RAYVLLM_RESYNC_SECONDS"] == "2.5"
+    assert env["RAYVLLM_ENGINE_HOST_OVERRIDE"] == "127.0.0.1"
+    assert env["RAYVLLM_HTTP_TIMEOUT_SECONDS"] == "9"
+    assert container["image"] == "example/op:dev" and container["imagePullPolicy"] == "Always"
+    assert only(docs, "Deployment")["spec"]["template"]["spec"]["nodeSelector"] == {
+        "kubernetes.io/os": "linux"
+    }
+
+
+def test_cluster_mode_rbac_is_exactly_the_needed_rules(helm: Helm) -> None:
+    docs = helm.template("rayvllm", "rayvllm-system")
+    assert by_kind(docs, "Role") == [] and by_kind(docs, "RoleBinding") == []
+    role = only(docs, "ClusterRole")
+    assert role["rules"] == CLUSTER_RULES + NAMESPACED_RULES
+    binding = only(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rayvllm-operator", "namespace": "rayvllm-system"}
+    ]
+    # Cluster-scoped names carry the release and its namespace: installs never collide.
+    assert role["metadata"]["name"] == "rayvllm-operator-rayvllm-system"
+
+
+def test_namespaced_mode_rbac_is_a_role_per_watched_namespace(helm: Helm) -> None:
+    docs = helm.template("rv", "ops", {"watch": {"mode": "namespaces", "namespaces": ["a", "b"]}})
+    assert only(docs, "ClusterRole")["rules"] == CLUSTER_RULES
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
+    assert all(r["rules"] == NAMESPACED_RULES for r in roles)
+    bindings = by_kind(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["a", "b"]
+    for b in bindings:
+        assert b["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "rv-operator-ops",
+        }
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "rv-operator", "namespace": "ops"}]
+
+
+def test_no_rbac_rule_uses_a_wildcard(helm: Helm) -> None:
+    for values in ({}, {"watch": {"mode": "namespaces", "namespaces": ["a"]}}):
+        for doc in helm.template("rv", "ops", values):
+            for rule in doc.get("rules", []):
+                for field in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule[field], (doc["kind"], rule)
+                assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+
+
+def test_existing_service_account_and_no_rbac(helm: Helm) -> None:
+    docs = helm.template(
+        "rv", "ops", {"serviceAccount": {"create": False, "name": "mine"}, "rbac": {"create": False}}
+    )
+    assert sorted(d["kind"] for d in docs) == ["Deployment"]
+    assert only(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
+
+
+# ---- the image -------------------------------------------------------------------------------------
+
+
+def test_dockerfile_shape() -> None:
+    text = DOCKERFILE.read_text()
+    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.MULTILINE | re.IGNORECASE)
+    assert len(stages) == 2, stages
+    for image, _ in stages:
+        assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", image), f"base image not pinned: {image}"
+    assert stages[0][1] == "builder"
+    assert "pip wheel --no-cache-dir --no-deps" in text
+    assert "requirements.lock" in text
+    assert "COPY --from=builder /opt/venv /opt/venv" in text
+    assert re.search(r"^USER 10001(:10001)?$", text, flags=re.MULTILINE)
+    assert dockerfile_instruction("ENTRYPOINT") == [
+        "kopf",
+        "run",
+        "-m",
+        "rayvllm.handlers",
+        "--standalone",
+        "--log-format=json",
+        "--liveness=http://0.0.0.0:8080/healthz",
+    ]
+    assert dockerfile_instruction("CMD") == ["--all-namespaces"]
+
+
+def test_dockerignore_keeps_local_state_out() -> None:
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {"tests", ".cluster", ".venv", ".git", ".mypy_cache", ".ruff_cache", ".pytest_cache"} <= ignored
+    assert "**/__pycache__" in ignored
+    # What the build reads must not be ignored.
+    assert not {"operator", "pyproject.toml", "requirements.lock", "README.md"} & ignored
