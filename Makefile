@@ -27,14 +27,16 @@ cluster-up: venv tools
 cluster-down: venv
 	@$(PY) hack/cluster.py down
 
-lint: venv
+lint: venv tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	bash hack/lint-dockerfile.sh
+	$(PY) hack/render-manifests.py --check
 
 typecheck: venv
 	$(VENV)/bin/mypy
 
-unit: venv
+unit: venv tools
 	$(VENV)/bin/pytest tests/unit -q
 
 ## test: the README's test command: lint, types, then every test tier against the real components

@@ -44,7 +44,8 @@ def kube() -> Iterator[Kube]:
 
 @pytest.fixture
 def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace named after the test; deleted (without waiting) afterwards."""
+    """A fresh namespace named after the test, deleted afterwards. Teardown waits for the deletion so
+    the next test finds the fake GPUs free again."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     # Random, not derived from the test id: a rerun must not collide with a namespace still terminating.
     name = f"t-{slug}-{secrets.token_hex(3)}"
@@ -52,7 +53,7 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     try:
         yield name
     finally:
-        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        kube.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -189,12 +189,8 @@ def _invalid_spec(
     return _outcome(target, previous, status)
 
 
-def status_dict(status: VLLMClusterStatus) -> dict[str, Any]:
-    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
 def _outcome(target: Target, previous: VLLMClusterStatus | None, status: VLLMClusterStatus) -> Outcome:
-    new = status_dict(status)
+    new = status.to_wire()
     old = {k: v for k, v in target.previous_status.items() if k != "kopf"}
     return Outcome(status=None if new == old else new, events=transition_events(previous, status))
 
