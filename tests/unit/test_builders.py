@@ -110,7 +110,9 @@ def _spec(tp: int, pp: int, per_worker: int, replicas: int) -> VLLMClusterSpec:
     [
         combo
         for combo in itertools.product((1, 2, 4, 8), (1, 2), (1, 2, 4, 8), (0, 1, 3))
-        if (combo[0] * combo[1]) % combo[2] == 0 or combo[2] % (combo[0] * combo[1]) == 0
+        if ((combo[0] * combo[1]) % combo[2] == 0 or combo[2] % (combo[0] * combo[1]) == 0)
+        # one API server per worker pod: several engines need at least a whole worker each
+        and (combo[3] <= 1 or combo[0] * combo[1] >= combo[2])
     ],
 )
 def test_worker_group_is_sized_for_all_engines(tp: int, pp: int, per_worker: int, replicas: int) -> None:
@@ -121,7 +123,7 @@ def test_worker_group_is_sized_for_all_engines(tp: int, pp: int, per_worker: int
     (container,) = worker["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == per_worker
     assert container["resources"]["requests"]["nvidia.com/gpu"] == per_worker
-    assert worker["resources"] == {"GPU": str(per_worker), ENGINE_SLOT_RESOURCE: str(per_worker)}
+    assert worker["resources"] == {"GPU": str(per_worker), ENGINE_SLOT_RESOURCE: "1"}
     assert "gpu" not in yaml.safe_dump(head).lower(), "the head must not ask for GPUs"
 
 

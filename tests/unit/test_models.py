@@ -56,7 +56,7 @@ def test_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("replicas", "tp", "pp", "per_worker", "workers"),
-    [(1, 1, 1, 1, 1), (3, 2, 1, 4, 2), (2, 4, 2, 4, 4), (0, 8, 1, 8, 0), (5, 1, 1, 8, 1), (3, 16, 1, 8, 6)],
+    [(1, 1, 1, 1, 1), (3, 2, 1, 2, 3), (2, 4, 2, 4, 4), (0, 8, 1, 8, 0), (5, 1, 1, 1, 5), (3, 16, 1, 8, 6)],
 )
 def test_worker_count(replicas: int, tp: int, pp: int, per_worker: int, workers: int) -> None:
     spec = VLLMClusterSpec.model_validate(
@@ -70,12 +70,11 @@ def test_worker_count(replicas: int, tp: int, pp: int, per_worker: int, workers:
     assert spec.desired_workers == workers
 
 
-def test_mp_engines_reserve_their_gpus_worth_of_slots() -> None:
-    spec = parse_spec(
-        _spec(executorBackend="mp", tensorParallelSize=2)
-        | {"ray": {"image": "i", "worker": {"gpusPerWorker": 4}}}
-    )
-    assert spec.engine_slots_per_job == 2
+def test_each_engine_api_server_gets_a_worker_pod_of_its_own() -> None:
+    spec = parse_spec(_spec(executorBackend="mp", tensorParallelSize=2) | {"ray": {"image": "i", "worker": {"gpusPerWorker": 4}}})
+    assert (spec.engine_slots_per_worker, spec.engine_slots_per_job) == (1, 1)
+    with pytest.raises(InvalidSpecError, match="spec.replicas > 1 needs one worker pod per engine"):
+        parse_spec(_spec(tensorParallelSize=2) | {"replicas": 2, "ray": {"image": "i", "worker": {"gpusPerWorker": 4}}})
 
 
 @pytest.mark.parametrize(

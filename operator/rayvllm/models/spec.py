@@ -488,6 +488,16 @@ def _packs_into_workers(spec: VLLMClusterSpec) -> bool:
 
 _SPEC_RULES = (
     Rule(
+        cel=f"self.replicas <= 1 || {_GPUS_PER_ENGINE_CEL} >= {_GPUS_PER_WORKER_CEL}",
+        message=(
+            "spec.replicas > 1 needs one worker pod per engine, because each engine's API server listens on "
+            "spec.engine.port in its own pod: make spec.ray.worker.gpusPerWorker <= "
+            "spec.engine.tensorParallelSize x spec.engine.pipelineParallelSize (e.g. gpusPerWorker 1)"
+        ),
+        holds=lambda spec: spec.replicas <= 1 or spec.gpus_per_engine >= spec.ray.worker.gpus_per_worker,
+        field_path=".ray.worker.gpusPerWorker",
+    ),
+    Rule(
         cel=f"{_GPUS_PER_ENGINE_CEL} <= {_GPUS_PER_WORKER_CEL}"
         f" ? {_GPUS_PER_WORKER_CEL} % {_GPUS_PER_ENGINE_CEL} == 0"
         f" : {_GPUS_PER_ENGINE_CEL} % {_GPUS_PER_WORKER_CEL} == 0",
@@ -582,11 +592,12 @@ class VLLMClusterSpec(ApiModel):
 
     @property
     def engine_slots_per_worker(self) -> int:
-        return self.ray.worker.gpus_per_worker
+        """Engine API servers one worker pod can host: one, because every API server listens on
+        spec.engine.port and the Service targets that one port on each serving pod."""
+        return 1
 
     @property
     def engine_slots_per_job(self) -> int:
-        """Units of ENGINE_SLOT_RESOURCE each engine's job requests. An mp engine uses the GPUs of the pod its
-        API server runs in, so it reserves that many slots; a ray engine's GPUs come from its placement group
-        and its API server needs one slot."""
-        return self.gpus_per_engine if self.engine.executor_backend == "mp" else 1
+        """Units of ENGINE_SLOT_RESOURCE each engine's job requests: the one slot of the pod that will host
+        its API server (its GPUs come from vLLM's placement group, or for mp from that pod)."""
+        return 1
