@@ -71,10 +71,16 @@ def test_worker_count(replicas: int, tp: int, pp: int, per_worker: int, workers:
 
 
 def test_each_engine_api_server_gets_a_worker_pod_of_its_own() -> None:
-    spec = parse_spec(_spec(executorBackend="mp", tensorParallelSize=2) | {"ray": {"image": "i", "worker": {"gpusPerWorker": 4}}})
+    spec = parse_spec(
+        _spec(executorBackend="mp", tensorParallelSize=2)
+        | {"ray": {"image": "i", "worker": {"gpusPerWorker": 4}}}
+    )
     assert (spec.engine_slots_per_worker, spec.engine_slots_per_job) == (1, 1)
-    with pytest.raises(InvalidSpecError, match="spec.replicas > 1 needs one worker pod per engine"):
-        parse_spec(_spec(tensorParallelSize=2) | {"replicas": 2, "ray": {"image": "i", "worker": {"gpusPerWorker": 4}}})
+    with pytest.raises(InvalidSpecError, match=r"spec\.replicas > 1 needs one worker pod per engine"):
+        parse_spec(
+            _spec(tensorParallelSize=2)
+            | {"replicas": 2, "ray": {"image": "i", "worker": {"gpusPerWorker": 4}}}
+        )
 
 
 @pytest.mark.parametrize(
