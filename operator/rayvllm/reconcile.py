@@ -5,29 +5,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from rayvllm.builders import build_ray_cluster, build_service
-from rayvllm.errors import InvalidSpecError
+from rayvllm.builders import SERVING_LABEL, build_ray_cluster, build_service
+from rayvllm.builders.labels import SERVING
+from rayvllm.errors import InvalidSpecError, RayError
+from rayvllm.events import Event
 from rayvllm.k8s.resources import Kubernetes
 from rayvllm.models.resource import parse_cluster, parse_previous_status
 from rayvllm.models.spec import VLLMClusterSpec
-from rayvllm.models.status import Condition, ConditionType, Phase, VLLMClusterStatus
+from rayvllm.models.status import Condition, ConditionType, EngineStatus, Phase, VLLMClusterStatus
+from rayvllm.ray import RayDashboardClient
 from rayvllm.settings import Settings
 from rayvllm.status import Observation, PodCounts, Problem, Reason, compute_status
+from rayvllm.supervisor import EngineContext, Supervisor
 
 RAY_CLUSTER_LABEL = "ray.io/cluster"
 RAY_NODE_TYPE_LABEL = "ray.io/node-type"
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event to post about the VLLMCluster. `reason` is stable CamelCase."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass
@@ -79,17 +74,93 @@ async def reconcile(kube: Kubernetes, settings: Settings, body: Mapping[str, Any
 
     pods = await kube.list_pods(target.namespace, f"{RAY_CLUSTER_LABEL}={target.name}")
     problems += _pod_problems(pods)
+    counts = _pod_counts(pods) if ray_cluster is not None else None
+    engines: list[EngineStatus] = list(previous.engines) if previous else []
+    events: list[Event] = []
+    if ray_cluster is not None:
+        cluster_ready = (
+            counts is not None and counts.head_ready and counts.ready_workers >= spec.desired_workers
+        )
+        ctx = EngineContext(
+            namespace=target.namespace,
+            name=target.name,
+            generation=target.generation,
+            spec=spec,
+            settings=settings,
+            now=now,
+            api_key=await _api_key(kube, target.namespace, spec),
+            pod_by_ip={
+                ip: p["metadata"]["name"] for p in pods if (ip := (p.get("status") or {}).get("podIP"))
+            },
+        )
+        engines, events, problem = await _supervise(ctx, engines, cluster_ready and not spec.suspend)
+        problems += [problem] if problem else []
+        await _label_serving_pods(kube, target.namespace, pods, engines, settings)
     observation = Observation(
         name=target.name,
         namespace=target.namespace,
         generation=target.generation,
         spec=spec,
         ray_cluster=ray_cluster,
-        pods=_pod_counts(pods) if ray_cluster is not None else None,
+        pods=counts,
+        engines=engines,
         problems=problems,
         previous=previous,
     )
-    return _outcome(target, previous, compute_status(observation, now))
+    outcome = _outcome(target, previous, compute_status(observation, now))
+    outcome.events[:0] = events
+    return outcome
+
+
+def dashboard_url(settings: Settings, namespace: str, name: str) -> str:
+    return settings.dashboard_url_template.format(cluster=name, namespace=namespace)
+
+
+async def _supervise(
+    ctx: EngineContext, previous: list[EngineStatus], cluster_ready: bool
+) -> tuple[list[EngineStatus], list[Event], Problem | None]:
+    """One supervision pass. An unreachable dashboard is only a problem once the RayCluster is ready (before,
+    it is just still starting); engines then keep their record but cannot count as ready."""
+    url = dashboard_url(ctx.settings, ctx.namespace, ctx.name)
+    async with RayDashboardClient(url, timeout=ctx.settings.http_timeout_seconds) as ray:
+        try:
+            healthy = await ray.gcs_healthy()
+            result = await Supervisor(ray, ctx).run(previous, may_submit=cluster_ready and healthy)
+        except RayError as unreachable:
+            if ctx.spec.suspend:
+                return [], [], None  # the Ray cluster is going away with its jobs
+            stale = [e.model_copy(update={"ready": False}) for e in previous]
+            problem = (
+                Problem("RayDashboardUnreachable", f"Ray dashboard {url}: {unreachable}")
+                if cluster_ready
+                else None
+            )
+            return stale, [], problem
+    return result.engines, result.events, None
+
+
+async def _api_key(kube: Kubernetes, namespace: str, spec: VLLMClusterSpec) -> str | None:
+    """The engines' API key, to probe /v1/models the way clients call it. Never logged or stored."""
+    ref = spec.engine.api_key_secret_ref
+    return await kube.read_secret_value(namespace, ref.name, ref.key) if ref else None
+
+
+async def _label_serving_pods(
+    kube: Kubernetes,
+    namespace: str,
+    pods: Sequence[Mapping[str, Any]],
+    engines: Sequence[EngineStatus],
+    settings: Settings,
+) -> None:
+    """The Service routes to pods labelled serving: exactly those hosting a ready engine's API server."""
+    serving = {e.pod_name for e in engines if e.ready and e.pod_name}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        labelled = (meta.get("labels") or {}).get(SERVING_LABEL) == SERVING
+        wanted = meta.get("name") in serving
+        if wanted != labelled:
+            labels = {SERVING_LABEL: SERVING} if wanted else {}
+            await kube.apply_pod_labels(namespace, meta["name"], labels, f"{settings.field_manager}-serving")
 
 
 async def _secret_problems(kube: Kubernetes, namespace: str, spec: VLLMClusterSpec) -> list[Problem]:
@@ -212,12 +283,33 @@ def transition_events(previous: VLLMClusterStatus | None, current: VLLMClusterSt
 
 
 async def finalize(kube: Kubernetes, settings: Settings, body: Mapping[str, Any]) -> Outcome:
-    """Clean-up that garbage collection cannot do, before the finalizer goes. Owned children (RayCluster,
-    Service) follow their owner through the garbage collector."""
+    """Clean-up that garbage collection cannot do, before the finalizer goes: stop every engine's Ray job
+    (a job is not a Kubernetes object; with GCS fault tolerance or an external Ray it outlives the pods).
+    Owned children (RayCluster, Service) then follow their owner through the garbage collector."""
     target = Target.of(body)
-    return Outcome(
-        status=None,
-        events=[
-            Event("Normal", "Deleting", f"VLLMCluster {target.namespace}/{target.name} is being deleted")
-        ],
-    )
+    previous = parse_previous_status(target.previous_status)
+    engines = list(previous.engines) if previous else []
+    url = dashboard_url(settings, target.namespace, target.name)
+    events = [Event("Normal", "Deleting", f"VLLMCluster {target.namespace}/{target.name} is being deleted")]
+    if await kube.get_raycluster(target.namespace, target.name) is None and not engines:
+        return Outcome(status=None, events=events)
+    try:
+        spec = parse_cluster(body).spec
+    except InvalidSpecError:
+        return Outcome(status=None, events=events)  # never launched anything
+    ctx = EngineContext(target.namespace, target.name, target.generation, spec, settings, datetime.now(UTC))
+    async with RayDashboardClient(url, timeout=settings.http_timeout_seconds) as ray:
+        try:
+            stopped = await Supervisor(ray, ctx).stop_all(engines)
+        except RayError as unreachable:
+            # The Ray cluster is gone or going (its pods are being deleted): its jobs go with it.
+            events.append(
+                Event(
+                    "Normal",
+                    "EnginesNotStopped",
+                    f"Ray dashboard unreachable, jobs end with the cluster: {unreachable}",
+                )
+            )
+        else:
+            events.append(Event("Normal", "EnginesStopped", f"stopped {stopped} Ray job(s)"))
+    return Outcome(status=None, events=events)

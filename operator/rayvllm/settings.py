@@ -27,6 +27,25 @@ class Settings(BaseSettings):
         ),
     )
     http_timeout_seconds: float = Field(5.0, gt=0, description="Timeout of each Ray / engine HTTP call.")
+    unhealthy_grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long a once-ready engine may fail its health check before it is restarted.",
+    )
+    engine_bind_host: str = Field(
+        "0.0.0.0",
+        description="Address vLLM's API server binds inside the worker pod (127.0.0.1 for a local Ray).",
+    )
+    engine_python: str = Field(
+        "python", description="The Python (with Ray and vLLM) that runs the engine entrypoint on Ray nodes."
+    )
+    engine_job_env: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Extra environment for every engine job, as JSON (e.g. the vLLM CPU knobs of the local "
+            "e2e setup). The spec's engine.env wins over it."
+        ),
+    )
 
 
 def load_settings() -> Settings:

@@ -77,6 +77,22 @@ class EngineStatus(StatusModel):
     budget_exhausted: bool = Field(
         False, description="maxRestarts is spent: the engine stays down until the spec changes."
     )
+    generation: int | None = Field(
+        None,
+        ge=0,
+        description="metadata.generation whose engine settings this engine runs; part of the submission id.",
+    )
+    config_hash: str | None = Field(
+        None,
+        max_length=64,
+        description="Fingerprint of the engine settings it runs; a change recreates the engine.",
+    )
+    restart_after: datetime | None = Field(
+        None, description="Backoff: the next attempt is not submitted before this time."
+    )
+    unhealthy_since: datetime | None = Field(
+        None, description="When a running engine stopped answering its health check."
+    )
 
 
 class RayClusterStatus(StatusModel):
