@@ -57,6 +57,11 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 REPO = Path(__file__).resolve().parent.parent
+# Port 1 on loopback: connection refused at once, so "no Ray here" is quick and truthful.
+INTEGRATION_OPERATOR_ENV = {
+    "RAYVLLM_RESYNC_SECONDS": "2",
+    "RAYVLLM_DASHBOARD_URL_TEMPLATE": "http://127.0.0.1:1",
+}
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +75,10 @@ def crds(kube: Kube) -> Path:
 @pytest.fixture(scope="session")
 def operator(kube: Kube, crds: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """The operator (`kopf run -m rayvllm.handlers`) watching all namespaces, with a short resync so
-    tests observe supervision quickly. Its log is printed when a test using it fails."""
+    tests observe supervision quickly. The integration tier has no Ray: the dashboard address maps to a
+    loopback port where nothing listens (never to the simulated cluster's fake Service addresses)."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = OperatorProcess(kube.kubeconfig, log, env={"RAYVLLM_RESYNC_SECONDS": "2"})
+    process = OperatorProcess(kube.kubeconfig, log, env=INTEGRATION_OPERATOR_ENV)
     process.start()
     try:
         yield process

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import INTEGRATION_OPERATOR_ENV
 from tests.support.kube import Kube
 from tests.support.operator import OperatorProcess
 from tests.support.operator_identity import operator_kubeconfig
@@ -154,11 +155,22 @@ def test_sample_reaches_ray_cluster_ready(
         for p in workers_found
     )
 
-    # No engine exists yet: Ready must not be True, and it says why.
+    # The integration tier has no Ray: once the pods are ready the operator cannot reach the dashboard,
+    # launches nothing, and says so. Ready must not be True.
+    obj = wait_for(
+        lambda: (
+            (o := vllm(kube, namespace, name))
+            and condition(o, "Degraded").get("reason") == "RayDashboardUnreachable"
+            and o
+        ),
+        timeout=60,
+        what="Degraded=RayDashboardUnreachable",
+    )
     ready = condition(obj, "Ready")
     assert ready["status"] == "False"
-    assert ready["reason"] == "EngineNotLaunched", ready
-    assert obj["status"]["phase"] == "Launching"
+    assert ready["reason"] == "RayDashboardUnreachable", ready
+    assert obj["status"]["phase"] == "Degraded"
+    assert obj["status"]["engines"] == [] and obj["status"]["readyReplicas"] == 0
     assert (
         obj["status"]["endpoint"]["url"]
         == f"http://{name}.{namespace}.svc:{spec.get('engine', {}).get('port', 8000)}/v1"
@@ -171,7 +183,7 @@ def test_sample_reaches_ray_cluster_ready(
     header = table.splitlines()[0].split()
     for column in ("MODEL", "TP", "PP", "REPLICAS", "READY", "PHASE", "ENDPOINT", "AGE"):
         assert column in header, table
-    assert "Launching" in table
+    assert "Degraded" in table
     # `kubectl wait --for=condition=Ready` understands our conditions (it times out: no engine yet).
     waited = kube.kubectl(
         "wait", "--for=condition=RayClusterReady", f"vllm/{name}", "-n", namespace, "--timeout=10s"
@@ -192,7 +204,7 @@ def test_lifecycle_under_the_charts_least_privilege_identity(
     kubeconfig = operator_kubeconfig(
         kube, namespace, tmp_path, watch_namespaces=[namespace] if mode == "namespaced" else None
     )
-    confined = OperatorProcess(kubeconfig, tmp_path / "operator.log", env={"RAYVLLM_RESYNC_SECONDS": "2"})
+    confined = OperatorProcess(kubeconfig, tmp_path / "operator.log", env=INTEGRATION_OPERATOR_ENV)
     operator.stop()  # the session operator watches every namespace: two would fight over the object
     try:
         confined.start(extra_args=(f"--namespace={namespace}",))
@@ -283,7 +295,7 @@ def exercise_lifecycle(kube: Kube, namespace: str) -> None:
     wait_for(lambda: ray_pods(kube, namespace, name) == [], timeout=90, what="Ray pods gone")
     events = kube.get_json("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")
     reasons = {e["reason"] for e in events["items"]}
-    assert {"Provisioning", "Launching", "Suspended"} <= reasons, reasons
+    assert {"Provisioning", "RayDashboardUnreachable", "Suspended"} <= reasons, reasons
 
 
 def test_deleted_while_operator_down_is_cleaned_up_on_restart(
