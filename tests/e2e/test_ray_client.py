@@ -1,0 +1,271 @@
+"""The operator's Ray dashboard client against a real Ray 2.60 cluster on 127.0.0.1 (tests/e2e/conftest.py):
+job submission and supervision calls, placement through the engine-slot resource, cluster state, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from rayvllm.errors import RayAuthError, RayError
+from rayvllm.models import ENGINE_SLOT_RESOURCE
+from rayvllm.ray import JobInfo, JobSubmitRequest, RayDashboardClient, RayRequestRejectedError, RetryPolicy
+
+from .conftest import REPO, LocalRay, RayVenv
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+FAST_RETRY = RetryPolicy(attempts=2, backoff_seconds=0.1)
+
+
+def run(make: Callable[[RayDashboardClient], Awaitable[T]], url: str, token: str | None = None) -> T:
+    async def go() -> T:
+        async with RayDashboardClient(url, token=token, timeout=10) as client:
+            return await make(client)
+
+    return asyncio.run(go())
+
+
+async def wait_for(
+    client: RayDashboardClient, sid: str, done: Callable[[JobInfo], bool], within: float = 60
+) -> JobInfo:
+    deadline = time.monotonic() + within
+    while True:
+        job = await client.get(sid)
+        assert job is not None, f"job {sid} vanished"
+        if done(job):
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {sid} still {job.status} after {within}s: {job.message}")
+        await asyncio.sleep(0.3)
+
+
+def python_job(sid: str, code: str, **fields: object) -> JobSubmitRequest:
+    return JobSubmitRequest.model_validate(
+        {"entrypoint": shlex.join(["python", "-c", code]), "submission_id": sid, **fields}
+    )
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{time.time_ns() % 10**10}"
+
+
+def test_gcs_health_and_version(local_ray: LocalRay) -> None:
+    assert run(lambda c: c.gcs_healthy(), local_ray.dashboard_url) is True
+    assert run(lambda c: c.ray_version(), local_ray.dashboard_url) == "2.60.0"
+
+
+def test_cluster_resources(local_ray: LocalRay) -> None:
+    # Availability comes from the autoscaler's report, which lags a new node by a few seconds; until
+    # then it is None (unknown), never a guess.
+    deadline = time.monotonic() + 60
+    while (cluster := run(lambda c: c.cluster_resources(), local_ray.dashboard_url)).available(
+        ENGINE_SLOT_RESOURCE
+    ) is None:
+        assert time.monotonic() < deadline, "no availability for the worker after 60s"
+        time.sleep(1)
+    assert len(cluster.alive_nodes) == 2
+    heads = [n for n in cluster.alive_nodes if n.is_head]
+    workers = [n for n in cluster.alive_nodes if not n.is_head]
+    assert len(heads) == 1 and len(workers) == 1
+    assert all(n.node_ip == "127.0.0.1" for n in cluster.nodes)
+    # The head carries no engine slot (so no vLLM server lands there); the worker exactly one.
+    assert ENGINE_SLOT_RESOURCE not in heads[0].resources_total
+    assert workers[0].resources_total[ENGINE_SLOT_RESOURCE] == 1.0
+    assert cluster.total(ENGINE_SLOT_RESOURCE) == 1.0
+    assert cluster.gpus_total == 0.0
+    # Joined back from camelCase to the exact resource names.
+    available = cluster.available(ENGINE_SLOT_RESOURCE)
+    assert available is not None and 0.0 <= available <= 1.0
+    assert workers[0].resources_available is not None
+    assert set(workers[0].resources_available) == set(workers[0].resources_total)
+
+
+def test_engine_slot_job_lifecycle_on_the_worker(local_ray: LocalRay) -> None:
+    sid = unique("e2e-lifecycle")
+    request = python_job(
+        sid,
+        "import os, sys, time; print('PROBE', os.environ['RAYVLLM_PROBE'], sys.executable, flush=True); "
+        "time.sleep(600)",
+        runtime_env={
+            "env_vars": {"RAYVLLM_PROBE": "hello-from-runtime-env", "RAY_JOB_STOP_WAIT_TIME_S": "5"}
+        },
+        metadata={"rayvllm.io/name": "lifecycle"},
+        entrypoint_num_cpus=0.5,
+        entrypoint_resources={ENGINE_SLOT_RESOURCE: 1.0},
+    )
+
+    async def scenario(client: RayDashboardClient) -> None:
+        cluster = await client.cluster_resources()
+        worker = next(n for n in cluster.alive_nodes if not n.is_head)
+        head = next(n for n in cluster.alive_nodes if n.is_head)
+
+        first = await client.submit(request)
+        assert first.created and first.submission_id == sid
+        try:
+            # A restarted operator resubmitting the same id adopts the job instead of duplicating it.
+            again = await client.submit(request)
+            assert not again.created
+
+            job = await wait_for(client, sid, lambda j: j.status == "RUNNING")
+            assert job.driver_node_id == worker.node_id != head.node_id
+            assert job.driver_node_ip == "127.0.0.1"
+            assert job.driver_agent_http_address and job.driver_agent_http_address.startswith(
+                "http://127.0.0.1:"
+            )
+            assert job.metadata == {"rayvllm.io/name": "lifecycle"}
+            assert job.started_at is not None and job.ended_at is None
+
+            deadline = time.monotonic() + 30
+            while "PROBE" not in (logs := await client.logs(sid) or ""):
+                assert time.monotonic() < deadline, f"no PROBE line in logs: {logs!r}"
+                await asyncio.sleep(0.3)
+            assert f"PROBE hello-from-runtime-env {local_ray.venv.python}" in logs
+
+            assert sid in {j.submission_id for j in await client.list()}
+            # The one slot is taken: capacity shows it, once the autoscaler report catches up.
+            deadline = time.monotonic() + 30
+            while (await client.cluster_resources()).available(ENGINE_SLOT_RESOURCE) != 0.0:
+                assert time.monotonic() < deadline, "slot still shown available after 30s"
+                await asyncio.sleep(1)
+
+            with pytest.raises(RayRequestRejectedError, match="not terminal"):
+                await client.delete(sid)
+        finally:
+            assert await client.stop(sid) is True
+        job = await wait_for(client, sid, lambda j: j.terminal, within=30)
+        assert job.status == "STOPPED"
+        assert job.ended_at is not None
+        assert await client.stop(sid) is False
+        assert await client.delete(sid) is True
+        assert await client.get(sid) is None
+        assert await client.logs(sid) is None
+        assert await client.delete(sid) is False
+        assert await client.stop(sid) is False
+
+    run(scenario, local_ray.dashboard_url)
+
+
+def test_without_entrypoint_resources_the_driver_runs_on_the_head(local_ray: LocalRay) -> None:
+    # Why the builder always sets entrypoint_resources: Ray's default puts the entrypoint on the head,
+    # which has no GPU on a real cluster.
+    sid = unique("e2e-head")
+
+    async def scenario(client: RayDashboardClient) -> JobInfo:
+        await client.submit(python_job(sid, "print('on the head')"))
+        return await wait_for(client, sid, lambda j: j.terminal)
+
+    job = run(scenario, local_ray.dashboard_url)
+    cluster = run(lambda c: c.cluster_resources(), local_ray.dashboard_url)
+    head = next(n for n in cluster.alive_nodes if n.is_head)
+    assert job.status == "SUCCEEDED", job.message
+    assert job.driver_node_id == head.node_id
+    assert job.driver_exit_code == 0
+    run(lambda c: c.delete(sid), local_ray.dashboard_url)
+
+
+def test_failed_entrypoint_reports_why(local_ray: LocalRay) -> None:
+    sid = unique("e2e-fail")
+
+    async def scenario(client: RayDashboardClient) -> JobInfo:
+        await client.submit(
+            python_job(
+                sid,
+                "import sys; print('engine exploded', file=sys.stderr); sys.exit(3)",
+                entrypoint_resources={ENGINE_SLOT_RESOURCE: 1.0},
+            )
+        )
+        return await wait_for(client, sid, lambda j: j.terminal)
+
+    job = run(scenario, local_ray.dashboard_url)
+    assert job.status == "FAILED"
+    assert job.error_type == "JOB_ENTRYPOINT_COMMAND_ERROR"
+    assert job.driver_exit_code == 3
+    assert job.message is not None and "engine exploded" in job.message
+    run(lambda c: c.delete(sid), local_ray.dashboard_url)
+
+
+def test_job_needing_more_slots_than_exist_stays_pending_even_when_stopped(local_ray: LocalRay) -> None:
+    # Ray 2.60 facts the supervisor must live with: a job whose supervisor actor cannot be placed stays
+    # PENDING (until the head's RAY_JOB_START_TIMEOUT_SECONDS, default 900 s, fails it); stop() answers
+    # True but is only queued on the unplaced actor; delete() is refused while it is not terminal.
+    sid = unique("e2e-pending")
+
+    async def scenario(client: RayDashboardClient) -> tuple[JobInfo, bool, JobInfo]:
+        await client.submit(
+            python_job(sid, "print('never')", entrypoint_resources={ENGINE_SLOT_RESOURCE: 2.0})
+        )
+        await asyncio.sleep(3)
+        before = await client.get(sid)
+        assert before is not None
+        stopped = await client.stop(sid)
+        await asyncio.sleep(5)
+        after = await client.get(sid)
+        assert after is not None
+        with pytest.raises(RayRequestRejectedError, match="not terminal"):
+            await client.delete(sid)
+        return before, stopped, after
+
+    before, stopped, after = run(scenario, local_ray.dashboard_url)
+    assert before.status == "PENDING"
+    assert before.message is not None and "waiting for resources" in before.message
+    assert stopped is True
+    assert after.status == "PENDING"
+
+
+def test_unreachable_dashboard_is_a_transient_error() -> None:
+    async def scenario() -> None:
+        async with RayDashboardClient("http://127.0.0.1:9", retry=FAST_RETRY, timeout=2) as client:
+            with pytest.raises(RayError, match="unreachable"):
+                await client.get("anything")
+            with pytest.raises(RayError):
+                await client.gcs_healthy()
+
+    asyncio.run(scenario())
+
+
+# --- token auth -----------------------------------------------------------------------------------
+
+TOKEN = "e2e-" + "0123456789abcdef" * 2
+AUTH_GCS_PORT = 46379
+AUTH_DASHBOARD_PORT = 48265
+
+
+@pytest.fixture(scope="module")
+def token_ray(ray_venv: RayVenv) -> Iterator[str]:
+    """A second, head-only cluster started with RAY_AUTH_MODE=token."""
+    base = [str(ray_venv.python), str(REPO / "hack" / "local_ray.py")]
+    ports = [
+        f"--gcs-port={AUTH_GCS_PORT}",
+        f"--dashboard-port={AUTH_DASHBOARD_PORT}",
+        f"--venv={ray_venv.path}",
+    ]
+    started = subprocess.run(
+        [*base, "start", *ports, "--workers=0", f"--auth-token={TOKEN}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    try:
+        if started.returncode != 0:
+            pytest.fail(f"token-auth Ray did not start:\n{started.stderr[-4000:]}", pytrace=False)
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([*base, "stop", *ports], capture_output=True, timeout=120, check=False)
+
+
+def test_token_auth(token_ray: str) -> None:
+    with pytest.raises(RayAuthError, match="401"):
+        run(lambda c: c.list(), token_ray)
+    with pytest.raises(RayAuthError, match="403"):
+        run(lambda c: c.list(), token_ray, token="wrong")
+    assert run(lambda c: c.list(), token_ray, token=TOKEN) == []
+    # The health endpoint stays open, as KubeRay's probes need it to.
+    assert run(lambda c: c.gcs_healthy(), token_ray) is True
