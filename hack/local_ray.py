@@ -94,8 +94,19 @@ def ray_bin(venv: str | None) -> Path:
     return path
 
 
+# The caller's values of these would point the nodes at another cluster or another auth mode. Other
+# RAY_* variables pass through (e.g. RAY_JOB_START_TIMEOUT_SECONDS for a test that wants it short).
+CALLER_RAY_ENV_DROPPED = (
+    "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+)
+
+
 def node_env(cluster: Cluster, ray: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = {k: v for k, v in os.environ.items() if k not in CALLER_RAY_ENV_DROPPED}
     env[MARKER] = cluster.temp_dir
     # Job entrypoints run `python ...` through the shell; in the real image that is the image's
     # Python with Ray and vLLM, here it must be the venv's.

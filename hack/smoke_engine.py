@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -50,8 +51,8 @@ def ray_venv() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def process_tree_rss(root_pids: list[int]) -> int:
-    """Summed RSS (bytes) of the given processes and all their descendants."""
+def process_tree(root_pids: list[int]) -> list[int]:
+    """The given processes and all their descendants."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -60,20 +61,39 @@ def process_tree_rss(root_pids: list[int]) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    total, todo, seen = 0, list(root_pids), set()
+    tree, todo = [], list(root_pids)
     while todo:
         pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        todo.extend(children.get(pid, []))
+        if pid not in tree:
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+    return tree
+
+
+def memory(pids: list[int]) -> tuple[int, int]:
+    """(summed RSS, summed PSS) in bytes. RSS double-counts pages the processes share (torch's
+    libraries, the forked model runner); PSS splits them, so it is the honest total."""
+    rss = pss = 0
+    for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
         except OSError:
             pass
-    return total
+    return rss, pss
+
+
+def listeners(pids: list[int]) -> list[str]:
+    """TCP listening addresses of these processes (from `ss`), to check nothing binds beyond loopback."""
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=False).stdout
+    found = []
+    for line in out.splitlines():
+        if any(f"pid={pid}," in line for pid in pids):
+            found.append(line.split()[3])
+    return sorted(set(found))
 
 
 def vllm_server_pids(port: int) -> list[int]:
@@ -100,6 +120,7 @@ async def smoke(args: argparse.Namespace, venv: Path, model_dir: Path, dashboard
                 "executorBackend": "mp",
                 "maxModelLen": 256,
                 "port": args.port,
+                "extraArgs": shlex.split(args.extra_args),
             },
             "ray": {"image": "local"},
         }
@@ -118,7 +139,8 @@ async def smoke(args: argparse.Namespace, venv: Path, model_dir: Path, dashboard
         submitted = await ray.submit(request)
         log(f"submitted {submitted}")
         running_at = ready_at = None
-        peak_rss = 0
+        peak_rss = peak_pss = 0
+        bound: list[str] = []
         job = None
         deadline = t0 + args.timeout
         while time.monotonic() < deadline:
@@ -134,7 +156,9 @@ async def smoke(args: argparse.Namespace, venv: Path, model_dir: Path, dashboard
                 raise SystemExit(
                     f"job ended {job.status}: {job.message}\n--- logs ---\n{(logs or '')[-4000:]}"
                 )
-            peak_rss = max(peak_rss, process_tree_rss(vllm_server_pids(args.port)))
+            tree = process_tree(vllm_server_pids(args.port))
+            rss, pss = memory(tree)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
             if running_at is not None:
                 probe = await probe_engine(url, "tiny-llama", client=http)
                 if probe.ready:
@@ -155,7 +179,11 @@ async def smoke(args: argparse.Namespace, venv: Path, model_dir: Path, dashboard
         completion.raise_for_status()
         text = completion.json()["choices"][0]["text"]
         log(f"completion: {text!r}")
-        peak_rss = max(peak_rss, process_tree_rss(vllm_server_pids(args.port)))
+        tree = process_tree(vllm_server_pids(args.port))
+        rss, pss = memory(tree)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        bound = listeners(tree)
+        log(f"vLLM processes {tree} listen on {bound}")
 
         t_stop = time.monotonic()
         stopped = await ray.stop(request.submission_id)
@@ -175,6 +203,8 @@ async def smoke(args: argparse.Namespace, venv: Path, model_dir: Path, dashboard
                 "submit_to_running_s": round(running_at or -1, 1),
                 "submit_to_health_200_s": round(ready_at or -1, 1),
                 "peak_rss_mib": round(peak_rss / 2**20),
+                "peak_pss_mib": round(peak_pss / 2**20),
+                "vllm_listeners": bound,
                 "driver_agent_http_address": job.driver_agent_http_address if job else None,
                 "driver_node_id": job.driver_node_id if job else None,
                 "completion_text": text,
@@ -198,6 +228,7 @@ def main() -> int:
     parser.add_argument("--dashboard-port", type=int, default=28265)
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/rayvllm-tiny-llama"))
     parser.add_argument("--timeout", type=float, default=600, help="seconds from submit to ready")
+    parser.add_argument("--extra-args", default="", help="more vLLM arguments, e.g. '--enforce-eager'")
     parser.add_argument("--keep-ray", action="store_true", help="leave the local Ray cluster running")
     args = parser.parse_args()
 
