@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator
 
-.PHONY: venv tools cluster-up cluster-down lint typecheck unit test check crds demo clean
+.PHONY: venv tools ray-env cluster-up cluster-down lint typecheck unit test demo demo-down clean
 
 $(PY): pyproject.toml requirements.lock
 	$(PYTHON) -m pip install -q uv==0.13.8
@@ -19,6 +19,10 @@ venv: $(PY)
 ## tools: build (or reuse from ~/.cache/rayvllm) etcd, Kubernetes, kwok, KubeRay and helm from Go modules
 tools:
 	bash hack/build-tools.sh
+
+## ray-env: build (or reuse) the Python venv with real Ray and vLLM (CPU build) for the e2e tier and demo
+ray-env:
+	bash hack/ray-env.sh
 
 ## cluster-up: start the local control plane on 127.0.0.1; the last line printed is `export KUBECONFIG=...`
 cluster-up: venv tools
@@ -40,8 +44,15 @@ unit: venv tools
 	$(VENV)/bin/pytest tests/unit -q
 
 ## test: the README's test command: lint, types, then every test tier against the real components
-test: venv tools lint typecheck
+test: venv tools ray-env lint typecheck
 	$(VENV)/bin/pytest tests -q
+
+## demo: the operator end to end on this machine; prints a completion served through it. DOWN=1 stops all after.
+demo: venv tools ray-env
+	$(PY) hack/demo.py $(if $(DOWN),--down,)
+
+demo-down: venv
+	$(PY) hack/demo.py --stop
 
 clean: cluster-down
 	rm -rf .cluster

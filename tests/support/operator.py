@@ -42,7 +42,15 @@ class OperatorProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(KOPF), "run", "-m", "rayvllm.handlers", "--standalone", f"--liveness={self.liveness_url}", *extra_args],
+            [
+                str(KOPF),
+                "run",
+                "-m",
+                "rayvllm.handlers",
+                "--standalone",
+                f"--liveness={self.liveness_url}",
+                *extra_args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -17,6 +17,8 @@ async def configure(
     settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
     memo.settings = load_settings()
+    # One line per Ray/engine HTTP request at INFO would drown the operator's own messages.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # Our CRD has a structural status schema: kopf's default progress records under status.kopf would
     # be pruned, so kopf keeps them in annotations under our own group.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)

@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 
 from rayvllm import API_GROUP, API_VERSION, PLURAL
-from rayvllm.errors import PermanentError, TransientError
+from rayvllm.errors import PermanentError, RayvllmError, TransientError
 from rayvllm.k8s.resources import Kubernetes
 from rayvllm.reconcile import Outcome, finalize, reconcile
 
@@ -41,7 +41,8 @@ async def _reconcile_once(body: kopf.Body, memo: Any, logger: Logger) -> None:
             await kube.replace_status(body.metadata["namespace"], body.metadata["name"], outcome.status)
         _post(body, outcome)
     if outcome.status is not None:
-        logger.info("status: phase=%s %s", outcome.status.get("phase"), outcome.status.get("message", ""))
+        summary = str(outcome.status.get("message", "")).splitlines()[0:1]
+        logger.info("status: phase=%s %s", outcome.status.get("phase"), summary[0] if summary else "")
 
 
 @kopf.on.resume(*RESOURCE)
@@ -63,7 +64,9 @@ async def resync(stopped: kopf.DaemonStopped, body: kopf.Body, memo: Any, logger
     while not stopped:
         try:
             await _reconcile_once(body, memo, logger)
-        except TransientError as exc:
+        except RayvllmError as exc:
+            # Transient (API or Ray hiccup) or permanent (e.g. the namespace is terminating): either
+            # way the next period tries again; the status already says what the world looks like.
             logger.warning("resync: will retry: %s", exc)
         except Exception:
             logger.exception("resync failed; will retry")

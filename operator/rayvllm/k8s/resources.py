@@ -8,6 +8,7 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from rayvllm import API_GROUP, API_VERSION, PLURAL
+from rayvllm.errors import KubernetesError
 from rayvllm.k8s.api import AS_APPLY, AS_JSON_PATCH, call, call_or_none, to_dict
 
 RAY_GROUP, RAY_VERSION, RAYCLUSTERS = "ray.io", "v1", "rayclusters"
@@ -32,8 +33,9 @@ class Kubernetes:
 
     async def apply_raycluster(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
-        result: dict[str, Any] = await call(
-            f"apply RayCluster {meta['namespace']}/{meta['name']}",
+        what = f"apply RayCluster {meta['namespace']}/{meta['name']}"
+        result: dict[str, Any] | None = await call(
+            what,
             self._custom.patch_namespaced_custom_object(
                 RAY_GROUP,
                 RAY_VERSION,
@@ -46,6 +48,11 @@ class Kubernetes:
                 **AS_APPLY,
             ),
         )
+        if result is None:
+            # The client maps only HTTP 200 of a PATCH to a body; an apply that creates answers 201.
+            result = await self.get_raycluster(meta["namespace"], meta["name"])
+        if result is None:
+            raise KubernetesError(f"{what}: applied, then not found")
         return result
 
     async def delete_raycluster(self, namespace: str, name: str) -> None:
@@ -65,9 +72,9 @@ class Kubernetes:
 
     # ---- Service ---------------------------------------------------------------------------------
 
-    async def apply_service(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    async def apply_service(self, manifest: dict[str, Any]) -> None:
         meta = manifest["metadata"]
-        result = await call(
+        await call(
             f"apply Service {meta['namespace']}/{meta['name']}",
             self._core.patch_namespaced_service(
                 meta["name"],
@@ -78,7 +85,6 @@ class Kubernetes:
                 **AS_APPLY,
             ),
         )
-        return to_dict(self._api, result)
 
     # ---- Pods ------------------------------------------------------------------------------------
 
