@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from rayvllm.builders import SERVING_LABEL, build_ray_cluster, build_service
 from rayvllm.builders.labels import SERVING
-from rayvllm.errors import InvalidSpecError, RayError
+from rayvllm.errors import InvalidSpecError, RayError, TransientError
 from rayvllm.events import Event
 from rayvllm.k8s.resources import Kubernetes
 from rayvllm.models.resource import parse_cluster, parse_previous_status
@@ -300,7 +300,7 @@ async def finalize(kube: Kubernetes, settings: Settings, body: Mapping[str, Any]
     ctx = EngineContext(target.namespace, target.name, target.generation, spec, settings, datetime.now(UTC))
     async with RayDashboardClient(url, timeout=settings.http_timeout_seconds) as ray:
         try:
-            stopped = await Supervisor(ray, ctx).stop_all(engines)
+            running = await Supervisor(ray, ctx).stop_all(engines)
         except RayError as unreachable:
             # The Ray cluster is gone or going (its pods are being deleted): its jobs go with it.
             events.append(
@@ -310,6 +310,9 @@ async def finalize(kube: Kubernetes, settings: Settings, body: Mapping[str, Any]
                     f"Ray dashboard unreachable, jobs end with the cluster: {unreachable}",
                 )
             )
-        else:
-            events.append(Event("Normal", "EnginesStopped", f"stopped {stopped} Ray job(s)"))
+            return Outcome(status=None, events=events)
+    if running:
+        # Ray stops a job with SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S: look again shortly.
+        raise TransientError(f"waiting for {running} engine job(s) to stop", retry_after=2.0)
+    events.append(Event("Normal", "EnginesStopped", "every engine job is stopped"))
     return Outcome(status=None, events=events)

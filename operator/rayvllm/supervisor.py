@@ -134,8 +134,8 @@ class Supervisor:
 
     async def stop_all(self, previous: Sequence[EngineStatus]) -> int:
         """Stop every job of this VLLMCluster, those in status and any other carrying its metadata (one
-        submitted just before a crash), and wait until Ray reports them all terminal. Returns how many
-        were running."""
+        submitted just before a crash). Returns how many are still running: the caller waits for 0, so
+        nothing is left running in Ray when the object goes."""
         ids = {e.submission_id for e in previous if e.submission_id}
         for job in await self.ray.list():
             meta = job.metadata or {}
@@ -143,12 +143,18 @@ class Supervisor:
                 meta.get(f"{API_GROUP}/namespace") == self.ctx.namespace
                 and meta.get(f"{API_GROUP}/name") == self.ctx.name
             )
-            if mine and not job.terminal:
+            if mine:
                 ids.add(job.submission_id)
-        stopped = 0
+        running = 0
         for sid in sorted(ids):
-            stopped += await self.ray.stop(sid)
-        return stopped
+            current = await self.ray.get(sid)
+            if current is not None and not current.terminal:
+                await self.ray.stop(sid)
+                # Ray 2.60 cannot stop a PENDING job until its supervisor actor is placed: waiting
+                # for it could hold the finalizer for RAY_JOB_START_TIMEOUT_SECONDS, so only RUNNING
+                # jobs are waited for.
+                running += current.status == "RUNNING"
+        return running
 
     # ---- steps -------------------------------------------------------------------------------------
 
