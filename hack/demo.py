@@ -29,10 +29,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "operator"))
 
 from hack.cluster import NodePlan, Tools, default_cluster  # noqa: E402
-from rayvllm.engine.job import CPU_TEST_ENV  # noqa: E402
+from hack.local_operator import local_operator_env  # noqa: E402
 
 STATE = REPO / ".cluster" / "demo"
 GCS_PORT, DASHBOARD_PORT = 26379, 28265
@@ -177,14 +176,7 @@ def main() -> int:
     dashboard = local_ray(venv, "start").splitlines()[-1]
     marks["tools, model and Ray"] = time.monotonic() - started
 
-    env = {
-        "RAYVLLM_RESYNC_SECONDS": "2",
-        "RAYVLLM_DASHBOARD_URL_TEMPLATE": dashboard,
-        "RAYVLLM_ENGINE_HOST_OVERRIDE": "127.0.0.1",
-        "RAYVLLM_ENGINE_BIND_HOST": "127.0.0.1",
-        "RAYVLLM_ENGINE_PYTHON": str(venv / "bin" / "python"),
-        "RAYVLLM_ENGINE_JOB_ENV": json.dumps(dict(CPU_TEST_ENV)),
-    }
+    env = local_operator_env(dashboard, venv / "bin" / "python")
     pid = start_operator(kubeconfig, env)
     log(f"operator started (pid {pid}, log {STATE / 'operator.log'})")
 

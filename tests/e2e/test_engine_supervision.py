@@ -7,7 +7,6 @@ point it at the local Ray dashboard and at engines on 127.0.0.1. Nothing else is
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from rayvllm.engine.job import CPU_TEST_ENV
+from hack.local_operator import local_operator_env
 from tests.e2e.conftest import LocalRay, RayVenv
 from tests.support.kube import Kube
 from tests.support.operator import OperatorProcess
@@ -44,14 +43,10 @@ def tiny_model(ray_venv: RayVenv, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def e2e_operator_env(local_ray: LocalRay) -> dict[str, str]:
-    """The documented settings for an operator outside the cluster network, aimed at the local Ray."""
+    """The documented settings for an operator outside the cluster network, aimed at the local Ray; a
+    short unhealthy grace so a dead engine is noticed within the test's patience."""
     return {
-        "RAYVLLM_RESYNC_SECONDS": "2",
-        "RAYVLLM_DASHBOARD_URL_TEMPLATE": local_ray.dashboard_url,
-        "RAYVLLM_ENGINE_HOST_OVERRIDE": "127.0.0.1",
-        "RAYVLLM_ENGINE_BIND_HOST": "127.0.0.1",
-        "RAYVLLM_ENGINE_PYTHON": str(local_ray.venv.python),
-        "RAYVLLM_ENGINE_JOB_ENV": json.dumps(dict(CPU_TEST_ENV)),
+        **local_operator_env(local_ray.dashboard_url, local_ray.venv.python),
         "RAYVLLM_UNHEALTHY_GRACE_SECONDS": "4",
     }
 
