@@ -217,6 +217,11 @@ if [ -f "$dest/.complete" ] && [ "$(cat "$dest/.complete")" = "$stamp" ]; then
   exit 0
 fi
 
+# uv as a module of the machine's Python: a fresh machine has no `uv` on PATH (and pyenv shims are only
+# made by a rehash), but `python3 -m pip install` always makes `python3 -m uv` work.
+python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv==0.13.8
+uv() { python3 -m uv "$@"; }
+
 mkdir -p "$cache"
 tmp=$(mktemp -d "$cache/.ray-env-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
