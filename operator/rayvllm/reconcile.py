@@ -95,7 +95,7 @@ async def reconcile(kube: Kubernetes, settings: Settings, body: Mapping[str, Any
         )
         engines, events, problem = await _supervise(ctx, engines, cluster_ready and not spec.suspend)
         problems += [problem] if problem else []
-        await _label_serving_pods(kube, target.namespace, pods, engines, settings)
+        await label_serving_pods(kube, target.namespace, pods, engines, settings)
     observation = Observation(
         name=target.name,
         namespace=target.namespace,
@@ -145,7 +145,7 @@ async def _api_key(kube: Kubernetes, namespace: str, spec: VLLMClusterSpec) -> s
     return await kube.read_secret_value(namespace, ref.name, ref.key) if ref else None
 
 
-async def _label_serving_pods(
+async def label_serving_pods(
     kube: Kubernetes,
     namespace: str,
     pods: Sequence[Mapping[str, Any]],
