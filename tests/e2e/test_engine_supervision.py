@@ -239,7 +239,37 @@ def test_serve_kill_adopt_delete(
     assert engine0(obj)["submissionId"] == running_id and engine0(obj)["ready"] is True
     assert len(jobs_of(local_ray, namespace, name)) == 2
 
-    # 4. Delete -> every job stopped, no vLLM process left, the object gone.
+    # 4. Change an engine setting -> upgradeStrategy Recreate: the old job is stopped, a new one (new
+    #    generation in its id) serves. Scaling alone would not restart it (the fingerprint ignores replicas).
+    kube.kubectl(
+        "patch",
+        "vllm",
+        name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"engine":{"maxModelLen":128}}}',
+    )
+    changed = time.monotonic()
+    generation = vllm(kube, namespace, name)["metadata"]["generation"]
+
+    def recreated() -> dict[str, Any] | None:
+        obj = vllm(kube, namespace, name)
+        e = engine0(obj)
+        return (
+            obj if f"-g{generation}-a0-" in (e.get("submissionId") or "") and e.get("ready") is True else None
+        )
+
+    obj = wait_for(
+        recreated, timeout=READY_TIMEOUT, interval=1, what="the engine recreated for the new settings"
+    )
+    report(capsys, "engine settings change to Ready", {"recreate": time.monotonic() - changed})
+    jobs = {j["submission_id"]: j["status"] for j in jobs_of(local_ray, namespace, name)}
+    assert jobs[running_id] == "STOPPED", jobs
+    assert len(jobs) == 3 and engine0(obj)["restarts"] == 0, jobs
+
+    # 5. Delete -> every job stopped, no vLLM process left, the object gone.
     kube.kubectl("delete", "vllm", name, "-n", namespace, "--timeout=120s")
     remaining = {j["submission_id"]: j["status"] for j in jobs_of(local_ray, namespace, name)}
     assert all(status in ("STOPPED", "FAILED", "SUCCEEDED") for status in remaining.values()), remaining
