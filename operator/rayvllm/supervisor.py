@@ -86,7 +86,7 @@ def log_tail(logs: str | None, lines: int = LOG_LINES_KEPT) -> str:
     return redact("\n".join(kept))
 
 
-def _failure_text(reason: str, logs: str | None) -> str:
+def failure_text(reason: str, logs: str | None) -> str:
     tail = log_tail(logs)
     text = f"{reason}\n--- last log lines ---\n{tail}" if tail else reason
     return text if len(text) <= LAST_FAILURE_LIMIT else "..." + text[-(LAST_FAILURE_LIMIT - 3) :]
@@ -259,7 +259,7 @@ class Supervisor:
         logs = await self._logs(sid) if sid else None
         if sid and (job is None or not job.terminal):
             await self._stop(sid)
-        failure = _failure_text(f"attempt {engine.attempt}: {reason}", logs)
+        failure = failure_text(f"attempt {engine.attempt}: {reason}", logs)
         policy = self.ctx.spec.restart_policy
         base = {"ready": False, "last_failure": failure, "unhealthy_since": None, "url": None}
         if engine.restarts >= policy.max_restarts:
