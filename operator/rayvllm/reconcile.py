@@ -131,7 +131,7 @@ async def _supervise(
                 return [], [], None  # the Ray cluster is going away with its jobs
             stale = [e.model_copy(update={"ready": False}) for e in previous]
             problem = (
-                Problem("RayDashboardUnreachable", f"Ray dashboard {url}: {unreachable}")
+                Problem(Reason.RAY_DASHBOARD_UNREACHABLE, f"Ray dashboard {url}: {unreachable}")
                 if cluster_ready
                 else None
             )

@@ -55,6 +55,7 @@ class Reason:
     # Problems the gathering layer reports (see Problem); listed here so all reasons live in one place.
     SECRET_NOT_FOUND = "SecretNotFound"
     WORKER_UNSCHEDULABLE = "WorkerUnschedulable"
+    RAY_DASHBOARD_UNREACHABLE = "RayDashboardUnreachable"
 
 
 @dataclass(frozen=True)
