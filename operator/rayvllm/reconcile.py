@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from rayvllm.builders import SERVING_LABEL, build_ray_cluster, build_service
+from rayvllm.builders import (
+    RAY_AUTH_TOKEN_KEY,
+    SERVING_LABEL,
+    build_ray_cluster,
+    build_service,
+    ray_auth_secret_name,
+)
 from rayvllm.builders.labels import SERVING
 from rayvllm.errors import InvalidSpecError, RayError, TransientError
 from rayvllm.events import Event
@@ -89,6 +95,9 @@ async def reconcile(kube: Kubernetes, settings: Settings, body: Mapping[str, Any
             settings=settings,
             now=now,
             api_key=await _api_key(kube, target.namespace, spec),
+            ray_token=await kube.read_secret_value(
+                target.namespace, ray_auth_secret_name(target.name), RAY_AUTH_TOKEN_KEY
+            ),
             pod_by_ip={
                 ip: p["metadata"]["name"] for p in pods if (ip := (p.get("status") or {}).get("podIP"))
             },
@@ -122,7 +131,7 @@ async def _supervise(
     """One supervision pass. An unreachable dashboard is only a problem once the RayCluster is ready (before,
     it is just still starting); engines then keep their record but cannot count as ready."""
     url = dashboard_url(ctx.settings, ctx.namespace, ctx.name)
-    async with RayDashboardClient(url, timeout=ctx.settings.http_timeout_seconds) as ray:
+    async with RayDashboardClient(url, token=ctx.ray_token, timeout=ctx.settings.http_timeout_seconds) as ray:
         try:
             healthy = await ray.gcs_healthy()
             result = await Supervisor(ray, ctx).run(previous, may_submit=cluster_ready and healthy)
@@ -297,8 +306,11 @@ async def finalize(kube: Kubernetes, settings: Settings, body: Mapping[str, Any]
         spec = parse_cluster(body).spec
     except InvalidSpecError:
         return Outcome(status=None, events=events)  # never launched anything
+    token = await kube.read_secret_value(
+        target.namespace, ray_auth_secret_name(target.name), RAY_AUTH_TOKEN_KEY
+    )
     ctx = EngineContext(target.namespace, target.name, target.generation, spec, settings, datetime.now(UTC))
-    async with RayDashboardClient(url, timeout=settings.http_timeout_seconds) as ray:
+    async with RayDashboardClient(url, token=token, timeout=settings.http_timeout_seconds) as ray:
         try:
             running = await Supervisor(ray, ctx).stop_all(engines)
         except RayError as unreachable:

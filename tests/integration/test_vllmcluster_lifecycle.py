@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from rayvllm.builders import ray_auth_secret_name
 from tests.conftest import INTEGRATION_OPERATOR_ENV
 from tests.support.kube import Kube
 from tests.support.operator import OperatorProcess
@@ -143,6 +144,10 @@ def test_sample_reaches_ray_cluster_ready(
     # KubeRay accepted our RayCluster and made pods: head on any node without GPUs, workers on GPU nodes.
     rc = kube.get_json("raycluster", name, "-n", namespace)
     assert rc["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    # Token auth on the dashboard: KubeRay generated the token Secret the operator presents.
+    assert rc["spec"]["authOptions"] == {"mode": "token"}
+    token_secret = kube.get_json("secret", ray_auth_secret_name(name), "-n", namespace)
+    assert token_secret is not None and "auth_token" in token_secret["data"]
     head = ray_pods(kube, namespace, name, "head")
     assert len(head) == 1 and running_ready(head[0])
     for container in head[0]["spec"]["containers"]:

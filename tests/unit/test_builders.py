@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rayvllm.builders import build_ray_cluster, build_service
+from rayvllm.builders import build_ray_cluster, build_service, ray_auth_secret_name
 from rayvllm.builders.labels import CLUSTER_LABEL, SERVING_LABEL, cluster_labels
 from rayvllm.builders.raycluster import HF_TOKEN_ENV
 from rayvllm.models import ENGINE_SLOT_RESOURCE, VLLMCluster, VLLMClusterSpec, parse_cluster
@@ -162,3 +162,12 @@ def test_children_are_owned_and_labelled() -> None:
 def test_builders_are_deterministic() -> None:
     cluster = _cluster(HERE / "cases" / "tp4-pp2.yaml")
     assert _children(cluster) == _children(cluster)
+
+
+def test_ray_auth_secret_name_follows_kuberay_check_name() -> None:
+    # KubeRay v1.6.1 utils.CheckName: keep the last 50 characters, never start with a digit or '-'.
+    assert ray_auth_secret_name("llama") == "llama"
+    assert ray_auth_secret_name("a" * 50) == "a" * 50
+    assert ray_auth_secret_name("abc-" + "x" * 49) == "r" + "x" * 49
+    assert ray_auth_secret_name("abc1" + "x" * 49) == "r" + "x" * 49
+    assert len(ray_auth_secret_name("a" * 53)) == 50

@@ -187,6 +187,9 @@ def build_ray_cluster(spec: VLLMClusterSpec, name: str, namespace: str, uid: str
         "rayVersion": spec.ray.ray_version,
         "suspend": spec.suspend,
         "enableInTreeAutoscaling": False,
+        # Ray's dashboard (job submission runs code) must not be open to every pod in the cluster: KubeRay
+        # generates a token Secret (ray_auth_secret_name) and the operator presents it.
+        "authOptions": {"mode": "token"},
         # KubeRay's Recreate replaces all pods when their template changes, which is what our Recreate means.
         "upgradeStrategy": {"type": spec.upgrade_strategy.type},
         "headGroupSpec": _head_group(spec, name),
@@ -201,3 +204,13 @@ def build_ray_cluster(spec: VLLMClusterSpec, name: str, namespace: str, uid: str
         "metadata": child_metadata(name, namespace, uid),
         "spec": ray_spec,
     }
+
+
+RAY_AUTH_TOKEN_KEY = "auth_token"
+
+
+def ray_auth_secret_name(name: str) -> str:
+    """The Secret KubeRay generates for a token-auth RayCluster: its utils.CheckName(name), which keeps the
+    last 50 characters and replaces a leading digit or punctuation with 'r'."""
+    clipped = name[-50:]
+    return "r" + clipped[1:] if not clipped[0].isalpha() else clipped
