@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal
 
 from rayvllm import API_GROUP
 from rayvllm.engine.health import EngineProbe, probe_engine
@@ -260,7 +261,7 @@ class Supervisor:
         sid = engine.submission_id
         logs = await self._logs(sid) if sid else None
         if sid and (job is None or not job.terminal):
-            await self._stop(sid)
+            await self.ray.stop(sid)
         failure = failure_text(f"attempt {engine.attempt}: {reason}", logs)
         policy = self.ctx.spec.restart_policy
         base = {"ready": False, "last_failure": failure, "unhealthy_since": None, "url": None}
@@ -289,7 +290,7 @@ class Supervisor:
 
     async def _retire(self, engine: EngineStatus, why: str) -> None:
         if engine.submission_id:
-            await self._stop(engine.submission_id)
+            await self.ray.stop(engine.submission_id)
             self._event(
                 "Normal",
                 "EngineStopped",
@@ -329,8 +330,5 @@ class Supervisor:
         except RayError:
             return None
 
-    async def _stop(self, sid: str) -> None:
-        await self.ray.stop(sid)
-
-    def _event(self, kind: str, reason: str, message: str) -> None:
-        self.result.events.append(Event("Warning" if kind == "Warning" else "Normal", reason, message))
+    def _event(self, kind: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.result.events.append(Event(kind, reason, message))
