@@ -43,7 +43,7 @@ def worker_pod(name: str) -> dict[str, Any]:
 
 def relabel(kube: Kube, namespace: str, engines: list[EngineStatus]) -> None:
     async def run() -> None:
-        async with connect() as api:
+        async with connect(str(kube.kubeconfig)) as api:
             k8s = Kubernetes(api, "rayvllm")
             pods = await k8s.list_pods(namespace, f"{RAY_CLUSTER_LABEL}={NAME}")
             await label_serving_pods(k8s, namespace, pods, engines, Settings())
@@ -62,10 +62,7 @@ def endpoint_ips(kube: Kube, namespace: str) -> set[str]:
     }
 
 
-def test_service_routes_only_to_pods_of_ready_engines(
-    kube: Kube, namespace: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+def test_service_routes_only_to_pods_of_ready_engines(kube: Kube, namespace: str) -> None:
     service = build_service(SPEC, NAME, namespace, "00000000-0000-0000-0000-000000000000")
     del service["metadata"]["ownerReferences"]  # no VLLMCluster owns it here
     kube.apply(service, namespace)

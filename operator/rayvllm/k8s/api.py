@@ -25,13 +25,14 @@ _PERMANENT = frozenset({400, 401, 403, 405, 413, 415, 422})
 
 
 @asynccontextmanager
-async def connect() -> AsyncIterator[client.ApiClient]:
-    """An ApiClient configured in-cluster when possible, else from KUBECONFIG / ~/.kube/config."""
+async def connect(kubeconfig: str | None = None) -> AsyncIterator[client.ApiClient]:
+    """An ApiClient configured in-cluster when possible, else from `kubeconfig` (default: the client's own
+    choice, KUBECONFIG as it was when the library was imported, or ~/.kube/config)."""
     configuration = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except ConfigException:
-        await config.load_kube_config(client_configuration=configuration)
+        await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     async with client.ApiClient(configuration) as api:
         yield api
 
