@@ -13,7 +13,7 @@ import pytest
 
 from hack.cluster import Cluster, NodePlan, Tools, default_cluster
 from tests.support.kube import Kube
-from tests.support.operator import OperatorProcess
+from tests.support.operator import OperatorProcess, free_port
 
 
 def _reachable(kube: Kube) -> bool:
@@ -78,7 +78,11 @@ def operator(kube: Kube, crds: Path, tmp_path_factory: pytest.TempPathFactory) -
     tests observe supervision quickly. The integration tier has no Ray: the dashboard address maps to a
     loopback port where nothing listens (never to the simulated cluster's fake Service addresses)."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = OperatorProcess(kube.kubeconfig, log, env=INTEGRATION_OPERATOR_ENV)
+    metrics_port = free_port()
+    process = OperatorProcess(
+        kube.kubeconfig, log, env={**INTEGRATION_OPERATOR_ENV, "RAYVLLM_METRICS_PORT": str(metrics_port)}
+    )
+    process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     process.start()
     try:
         yield process

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a once-ready engine may fail its health check before it is restarted.",
     )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Prometheus metrics on this port (unset: no metrics server)."
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")
     engine_bind_host: str = Field(
         "0.0.0.0",
         description="Address vLLM's API server binds inside the worker pod (127.0.0.1 for a local Ray).",

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from rayvllm.builders import ray_auth_secret_name
 from tests.conftest import INTEGRATION_OPERATOR_ENV
@@ -182,6 +184,19 @@ def test_sample_reaches_ray_cluster_ready(
     )
     svc = kube.get_json("service", name, "-n", namespace)
     assert svc["spec"]["selector"] == {"rayvllm.io/cluster": name, "rayvllm.io/serving": "true"}
+
+    # The operator's metrics agree with the status.
+    assert operator.metrics_url is not None
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(httpx.get(operator.metrics_url, timeout=10).text)
+        for sample in family.samples
+    }
+    ours = (("name", name), ("namespace", namespace))
+    assert samples[("rayvllm_vllmcluster_phase", tuple(sorted((*ours, ("phase", "Degraded")))))] == 1
+    assert samples[("rayvllm_vllmcluster_phase", tuple(sorted((*ours, ("phase", "Ready")))))] == 0
+    assert samples[("rayvllm_engines_desired", ours)] == replicas
+    assert samples[("rayvllm_engines_ready", ours)] == 0
 
     # `kubectl get vllm` shows the printer columns.
     table = kube.kubectl("get", "vllm", name, "-n", namespace).stdout

@@ -32,6 +32,7 @@ class OperatorProcess:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.metrics_url: str | None = None
 
     @property
     def liveness_url(self) -> str:

@@ -191,6 +191,8 @@ def test_default_deployment_is_hardened(helm: Helm) -> None:
         "RAYVLLM_RESYNC_SECONDS": "15",
         "RAYVLLM_DASHBOARD_URL_TEMPLATE": "http://{cluster}-head-svc.{namespace}.svc:8265",
         "RAYVLLM_HTTP_TIMEOUT_SECONDS": "5",
+        "RAYVLLM_METRICS_PORT": "9090",
+        "RAYVLLM_METRICS_HOST": "0.0.0.0",
     }
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import kopf
 
-from rayvllm import API_GROUP
+from rayvllm import API_GROUP, metrics
 from rayvllm.k8s.api import connect
 from rayvllm.k8s.resources import Kubernetes
 from rayvllm.settings import load_settings
@@ -30,6 +30,8 @@ async def configure(
     # A stuck watch must not leave the operator blind: reconnect periodically.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    if memo.settings.metrics_port is not None:
+        metrics.serve(memo.settings.metrics_port, memo.settings.metrics_host)
     memo.exit_stack = AsyncExitStack()
     api = await memo.exit_stack.enter_async_context(connect())
     memo.kubernetes = Kubernetes(api, memo.settings.field_manager)

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from rayvllm import API_GROUP, API_VERSION, PLURAL
+from rayvllm import API_GROUP, API_VERSION, PLURAL, metrics
 from rayvllm.errors import PermanentError, RayvllmError, TransientError
 from rayvllm.k8s.resources import Kubernetes
 from rayvllm.reconcile import Outcome, finalize, reconcile
@@ -36,9 +36,15 @@ async def _reconcile_once(body: kopf.Body, memo: Any, logger: Logger) -> None:
         return  # the delete handler owns the object now
     kube: Kubernetes = memo.kubernetes
     async with _lock(memo):
-        outcome = await reconcile(kube, memo.settings, body, datetime.datetime.now(datetime.UTC))
+        namespace, name = body.metadata["namespace"], body.metadata["name"]
+        try:
+            outcome = await reconcile(kube, memo.settings, body, datetime.datetime.now(datetime.UTC))
+        except Exception:
+            metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
+            raise
         if outcome.status is not None:
-            await kube.replace_status(body.metadata["namespace"], body.metadata["name"], outcome.status)
+            await kube.replace_status(namespace, name, outcome.status)
+        metrics.record(namespace, name, outcome.status or body.get("status") or {})
         _post(body, outcome)
     if outcome.status is not None:
         summary = str(outcome.status.get("message", "")).splitlines()[0:1]
@@ -84,4 +90,5 @@ async def delete(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
     except TransientError as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.retry_after) from exc
     _post(body, outcome)
+    metrics.forget(body.metadata["namespace"], body.metadata["name"])
     logger.info("finalized %s/%s", body.metadata["namespace"], body.metadata["name"])
