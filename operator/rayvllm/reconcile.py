@@ -95,14 +95,12 @@ async def reconcile(kube: Kubernetes, settings: Settings, body: Mapping[str, Any
             settings=settings,
             now=now,
             api_key=await _api_key(kube, target.namespace, spec),
-            ray_token=await kube.read_secret_value(
-                target.namespace, ray_auth_secret_name(target.name), RAY_AUTH_TOKEN_KEY
-            ),
             pod_by_ip={
                 ip: p["metadata"]["name"] for p in pods if (ip := (p.get("status") or {}).get("podIP"))
             },
         )
-        engines, events, problem = await _supervise(ctx, engines, cluster_ready and not spec.suspend)
+        ray = await _dashboard(kube, settings, target.namespace, target.name)
+        engines, events, problem = await _supervise(ray, ctx, engines, cluster_ready and not spec.suspend)
         problems += [problem] if problem else []
         await label_serving_pods(kube, target.namespace, pods, engines, settings)
     observation = Observation(
@@ -125,13 +123,21 @@ def dashboard_url(settings: Settings, namespace: str, name: str) -> str:
     return settings.dashboard_url_template.format(cluster=name, namespace=namespace)
 
 
+async def _dashboard(kube: Kubernetes, settings: Settings, namespace: str, name: str) -> RayDashboardClient:
+    """The RayCluster's dashboard client: the address as mapped by settings, and the token KubeRay generated
+    for it (None until KubeRay has written the Secret)."""
+    token = await kube.read_secret_value(namespace, ray_auth_secret_name(name), RAY_AUTH_TOKEN_KEY)
+    return RayDashboardClient(
+        dashboard_url(settings, namespace, name), token=token, timeout=settings.http_timeout_seconds
+    )
+
+
 async def _supervise(
-    ctx: EngineContext, previous: list[EngineStatus], cluster_ready: bool
+    ray: RayDashboardClient, ctx: EngineContext, previous: list[EngineStatus], cluster_ready: bool
 ) -> tuple[list[EngineStatus], list[Event], Problem | None]:
     """One supervision pass. An unreachable dashboard is only a problem once the RayCluster is ready (before,
     it is just still starting); engines then keep their record but cannot count as ready."""
-    url = dashboard_url(ctx.settings, ctx.namespace, ctx.name)
-    async with RayDashboardClient(url, token=ctx.ray_token, timeout=ctx.settings.http_timeout_seconds) as ray:
+    async with ray:
         try:
             healthy = await ray.gcs_healthy()
             result = await Supervisor(ray, ctx).run(previous, may_submit=cluster_ready and healthy)
@@ -140,7 +146,7 @@ async def _supervise(
                 return [], [], None  # the Ray cluster is going away with its jobs
             stale = [e.model_copy(update={"ready": False}) for e in previous]
             problem = (
-                Problem(Reason.RAY_DASHBOARD_UNREACHABLE, f"Ray dashboard {url}: {unreachable}")
+                Problem(Reason.RAY_DASHBOARD_UNREACHABLE, f"Ray dashboard {ray.base_url}: {unreachable}")
                 if cluster_ready
                 else None
             )
@@ -298,7 +304,6 @@ async def finalize(kube: Kubernetes, settings: Settings, body: Mapping[str, Any]
     target = Target.of(body)
     previous = parse_previous_status(target.previous_status)
     engines = list(previous.engines) if previous else []
-    url = dashboard_url(settings, target.namespace, target.name)
     events = [Event("Normal", "Deleting", f"VLLMCluster {target.namespace}/{target.name} is being deleted")]
     if await kube.get_raycluster(target.namespace, target.name) is None and not engines:
         return Outcome(status=None, events=events)
@@ -306,11 +311,8 @@ async def finalize(kube: Kubernetes, settings: Settings, body: Mapping[str, Any]
         spec = parse_cluster(body).spec
     except InvalidSpecError:
         return Outcome(status=None, events=events)  # never launched anything
-    token = await kube.read_secret_value(
-        target.namespace, ray_auth_secret_name(target.name), RAY_AUTH_TOKEN_KEY
-    )
     ctx = EngineContext(target.namespace, target.name, target.generation, spec, settings, datetime.now(UTC))
-    async with RayDashboardClient(url, token=token, timeout=settings.http_timeout_seconds) as ray:
+    async with await _dashboard(kube, settings, target.namespace, target.name) as ray:
         try:
             running = await Supervisor(ray, ctx).stop_all(engines)
         except RayError as unreachable:

@@ -50,8 +50,6 @@ class EngineContext:
     settings: Settings
     now: datetime
     api_key: str | None = None
-    ray_token: str | None = None
-    """The RayCluster's dashboard token (KubeRay's generated Secret); never logged or stored."""
     pod_by_ip: Mapping[str, str] = field(default_factory=dict)
     """Ray pods by IP: on KubeRay a Ray node's IP is its pod's IP, which finds the pod hosting an engine."""
 

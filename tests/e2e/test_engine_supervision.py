@@ -220,9 +220,7 @@ def test_serve_kill_adopt_delete(
     jobs = {j["submission_id"]: j["status"] for j in jobs_of(local_ray, namespace, name)}
     assert jobs[first_id] in ("FAILED", "STOPPED") and jobs[engine["submissionId"]] == "RUNNING"
     assert len(jobs) == 2, jobs
-    events = kube.get_json("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")[
-        "items"
-    ]
+    events = kube.events(namespace, name)
     assert any(e["reason"] == "EngineRestarting" and e["type"] == "Warning" for e in events)
 
     # 3. Restart the operator while the engine runs -> the same job is adopted, nothing new is submitted.
@@ -306,9 +304,7 @@ def test_engine_that_cannot_start_backs_off_then_fails(
     assert len(jobs_of(local_ray, namespace, name)) == 3
     time.sleep(6)  # three resync periods: the quantity measured is "no further submission"
     assert len(jobs_of(local_ray, namespace, name)) == 3
-    events = kube.get_json("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")[
-        "items"
-    ]
+    events = kube.events(namespace, name)
     reasons = [e["reason"] for e in events if e["type"] == "Warning"]
     assert "EngineFailed" in reasons and "EngineRestarting" in reasons, reasons
     kube.kubectl("delete", "vllm", name, "-n", namespace, "--timeout=120s")

@@ -81,13 +81,7 @@ def test_reported_in_status_with_event(
     assert obj["status"]["phase"] in ("Pending", "Degraded", "Failed")
 
     events = wait_for(
-        lambda: [
-            e
-            for e in kube.get_json(
-                "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
-            )["items"]
-            if e["type"] == "Warning" and e["reason"] == reason
-        ],
+        lambda: [e for e in kube.events(namespace, name) if e["type"] == "Warning" and e["reason"] == reason],
         timeout=30,
         what=f"a Warning Event {reason}",
     )

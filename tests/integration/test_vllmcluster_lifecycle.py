@@ -313,8 +313,7 @@ def exercise_lifecycle(kube: Kube, namespace: str) -> None:
     )
     wait_for(lambda: kube.get_json("service", name, "-n", namespace) is None, timeout=60, what="Service gone")
     wait_for(lambda: ray_pods(kube, namespace, name) == [], timeout=90, what="Ray pods gone")
-    events = kube.get_json("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")
-    reasons = {e["reason"] for e in events["items"]}
+    reasons = {e["reason"] for e in kube.events(namespace, name)}
     assert {"Provisioning", "RayDashboardUnreachable", "Suspended"} <= reasons, reasons
 
 

@@ -43,6 +43,11 @@ class Kube:
             raise AssertionError(f"kubectl get {' '.join(args)} failed: {result.stderr}")
         return json.loads(result.stdout)
 
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The Events about the object `name` in `namespace`."""
+        found = self.get_json("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")
+        return list(found["items"]) if found else []
+
     def apply(self, manifest: dict[str, Any] | str, namespace: str | None = None) -> None:
         body = manifest if isinstance(manifest, str) else json.dumps(manifest)
         ns = ["-n", namespace] if namespace else []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -69,8 +70,6 @@ def to_dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:
 
 
 def _message(exc: ApiException) -> str:
-    import json
-
     try:
         body = json.loads(exc.body or "{}")
     except (TypeError, ValueError):

@@ -3,6 +3,7 @@ apply under one field manager, so the API server computes every diff."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -118,8 +119,6 @@ class Kubernetes:
         return set((secret.data or {}).keys()) | set((secret.string_data or {}).keys())
 
     async def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        import base64
-
         secret = await call_or_none(
             f"get Secret {namespace}/{name}", self._core.read_namespaced_secret(name, namespace)
         )
