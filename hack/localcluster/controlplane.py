@@ -1,0 +1,367 @@
+"""The control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (fake GPU nodes),
+the KubeRay CRDs and operator. The API server listens on the cluster bridge's address, so the real node's
+pods (the in-cluster operator) reach it through the `kubernetes` Service as in production; everything
+else listens on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from hack.localcluster.network import FAKE_NODE_IP, FAKE_POD_CIDR, NODE_IP, SERVICE_CIDR
+from hack.localcluster.pki import Pki
+from hack.localcluster.procs import Daemons, cache_dir, log, read_versions, run
+
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kuberay")
+
+
+@dataclass(frozen=True)
+class Tools:
+    kubernetes: Path
+    kubernetes_node: Path
+    etcd: Path
+    kuberay: Path
+    kwok: Path
+    helm: Path
+    coredns: Path
+
+    @classmethod
+    def from_cache(cls) -> Tools:
+        cache = cache_dir() / "tools"
+        v = read_versions()
+        tools = cls(
+            kubernetes=cache / f"kubernetes-v{v['K8S_VERSION']}",
+            kubernetes_node=cache / f"kubernetes-node-v{v['K8S_VERSION']}",
+            etcd=cache / f"etcd-v{v['ETCD_VERSION']}",
+            kuberay=cache / f"kuberay-v{v['KUBERAY_VERSION']}",
+            kwok=cache / f"kwok-v{v['KWOK_VERSION']}",
+            helm=cache / f"helm-v{v['HELM_VERSION']}",
+            coredns=cache / f"coredns-v{v['COREDNS_VERSION']}",
+        )
+        missing = [str(p) for p in vars(tools).values() if not (p / ".complete").exists()]
+        if missing:
+            raise SystemExit(f"missing tools {missing}: run `make tools` (hack/build-tools.sh) first")
+        return tools
+
+    @property
+    def kubectl(self) -> Path:
+        return self.kubernetes / "kubectl"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every listener of the cluster, derived from one base so parallel control planes can coexist."""
+
+    base: int
+
+    @property
+    def etcd_client(self) -> int:
+        return self.base
+
+    @property
+    def etcd_peer(self) -> int:
+        return self.base + 1
+
+    @property
+    def apiserver(self) -> int:
+        return self.base + 2
+
+    @property
+    def controller_manager(self) -> int:
+        return self.base + 3
+
+    @property
+    def scheduler(self) -> int:
+        return self.base + 4
+
+    @property
+    def kwok(self) -> int:
+        return self.base + 5
+
+    @property
+    def etcd_metrics(self) -> int:
+        return self.base + 6
+
+    @property
+    def kubelet(self) -> int:
+        return self.base + 10
+
+    @property
+    def kubelet_healthz(self) -> int:
+        return self.base + 11
+
+    @property
+    def kube_proxy_healthz(self) -> int:
+        return self.base + 12
+
+    @property
+    def kube_proxy_metrics(self) -> int:
+        return self.base + 13
+
+    @property
+    def coredns_health(self) -> int:
+        return self.base + 14
+
+
+@dataclass(frozen=True)
+class FakeNodePlan:
+    gpu_nodes: int
+    gpus_per_node: int
+    cpu_nodes: int
+    gpu_resource: str = "nvidia.com/gpu"
+    cpu: str = "64"
+    memory: str = "512Gi"
+
+
+class ControlPlane:
+    def __init__(self, state_dir: Path, ports: Ports, daemons: Daemons, tools: Tools) -> None:
+        self.dir = state_dir
+        self.ports = ports
+        self.daemons = daemons
+        self.tools = tools
+        self.pki = Pki(state_dir / "pki")
+        self.kubeconfig = state_dir / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://{NODE_IP}:{self.ports.apiserver}"
+
+    def kubeconfig_for(self, client: str) -> Path:
+        path = self.dir / f"{client}.kubeconfig"
+        path.write_text(self.pki.kubeconfig(client, self.server))
+        return path
+
+    def running(self) -> bool:
+        return all(self.daemons.running(name) for name in COMPONENTS) and self.apiserver_ready()
+
+    def up(self) -> None:
+        # Every start gets a fresh store: no objects, nodes or kwok node leases left from a previous run (a
+        # lease held by a dead kwok blocks the new one for its whole duration).
+        shutil.rmtree(self.dir / "etcd", ignore_errors=True)
+        self.pki.ensure([NODE_IP, "127.0.0.1", "10.96.0.1"])
+        self.kubeconfig.write_text(self.pki.kubeconfig("admin", self.server))
+        self._start_etcd()
+        self._start_apiserver()
+        self.daemons.wait("kube-apiserver /readyz", self.apiserver_ready, 60, watch=COMPONENTS)
+        self._start_controller_manager()
+        self._start_scheduler()
+        self._start_kwok()
+        self._install_kuberay_crds()
+        self._start_kuberay()
+
+    def down(self) -> None:
+        for name in reversed(COMPONENTS):
+            self.daemons.stop(name)
+
+    def _start_etcd(self) -> None:
+        p = self.ports
+        self.daemons.spawn(
+            "etcd",
+            [
+                self.tools.etcd / "etcd",
+                "--name=default",
+                f"--data-dir={self.dir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{p.etcd_client}",
+                f"--advertise-client-urls=http://127.0.0.1:{p.etcd_client}",
+                f"--listen-peer-urls=http://127.0.0.1:{p.etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{p.etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{p.etcd_peer}",
+                f"--listen-metrics-urls=http://127.0.0.1:{p.etcd_metrics}",
+                # A throwaway test store: fsync only costs time here.
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=2147483648",
+                "--log-level=warn",
+            ],
+        )
+
+    def _start_apiserver(self) -> None:
+        pki = self.pki
+        self.daemons.spawn(
+            "kube-apiserver",
+            [
+                self.tools.kubernetes / "kube-apiserver",
+                f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
+                # The bridge address: reachable from this machine and from the real node's pods alike,
+                # never from outside. The `kubernetes` Service's endpoints point here.
+                f"--bind-address={NODE_IP}",
+                f"--advertise-address={NODE_IP}",
+                f"--secure-port={self.ports.apiserver}",
+                f"--tls-cert-file={pki.cert('apiserver')}",
+                f"--tls-private-key-file={pki.key('apiserver')}",
+                f"--client-ca-file={pki.ca}",
+                f"--kubelet-client-certificate={pki.cert('apiserver-kubelet-client')}",
+                f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki.dir / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki.dir / 'sa.key'}",
+                "--authorization-mode=Node,RBAC",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+
+    def _start_controller_manager(self) -> None:
+        pki = self.pki
+        cfg = self.kubeconfig_for("controller-manager")
+        self.daemons.spawn(
+            "kube-controller-manager",
+            [
+                self.tools.kubernetes / "kube-controller-manager",
+                f"--kubeconfig={cfg}",
+                f"--authentication-kubeconfig={cfg}",
+                f"--authorization-kubeconfig={cfg}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.ports.controller_manager}",
+                f"--service-account-private-key-file={pki.dir / 'sa.key'}",
+                f"--root-ca-file={pki.ca}",
+                f"--cluster-signing-cert-file={pki.ca}",
+                f"--cluster-signing-key-file={pki.dir / 'ca.key'}",
+                "--use-service-account-credentials=true",
+                "--leader-elect=false",
+                "--controllers=*,-nodeipam",
+                "--v=1",
+            ],
+        )
+
+    def _start_scheduler(self) -> None:
+        cfg = self.kubeconfig_for("scheduler")
+        self.daemons.spawn(
+            "kube-scheduler",
+            [
+                self.tools.kubernetes / "kube-scheduler",
+                f"--kubeconfig={cfg}",
+                f"--authentication-kubeconfig={cfg}",
+                f"--authorization-kubeconfig={cfg}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.ports.scheduler}",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+        )
+
+    def _start_kwok(self) -> None:
+        stages = self.tools.kwok / "stages"
+        config = self.dir / "kwok-stages.yaml"
+        # Nodes: initialise as Ready and keep a lease heartbeat. Pods: become Ready fast, and are really
+        # deleted when terminating (there is no kubelet to do it). Only annotated nodes are kwok's: the
+        # real node is the kubelet's.
+        files = [
+            stages / "node" / "fast" / "node-initialize.yaml",
+            stages / "node" / "heartbeat-with-lease" / "node-heartbeat-with-lease.yaml",
+            stages / "pod" / "fast" / "pod-ready.yaml",
+            stages / "pod" / "fast" / "pod-complete.yaml",
+            stages / "pod" / "fast" / "pod-delete.yaml",
+        ]
+        config.write_text("\n---\n".join(f.read_text() for f in files))
+        self.daemons.spawn(
+            "kwok",
+            [
+                self.tools.kwok / "kwok",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={config}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                "--node-lease-duration-seconds=40",
+                f"--server-address=127.0.0.1:{self.ports.kwok}",
+                f"--cidr={FAKE_POD_CIDR}",
+                f"--node-ip={FAKE_NODE_IP}",
+            ],
+        )
+
+    def _install_kuberay_crds(self) -> None:
+        crds = sorted((self.tools.kuberay / "crds").glob("ray.io_*.yaml"))
+        # Too large for client-side apply's last-applied annotation: server-side apply.
+        args: list[str | Path] = ["apply", "--server-side", "--force-conflicts"]
+        for crd in crds:
+            args += ["-f", crd]
+        self.kubectl(*args)
+        names = [f"crd/{crd.name.removeprefix('ray.io_').removesuffix('.yaml')}.ray.io" for crd in crds]
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+    def _start_kuberay(self) -> None:
+        self.daemons.spawn(
+            "kuberay",
+            [
+                self.tools.kuberay / "ray-operator",
+                f"--kubeconfig={self.kubeconfig}",
+                "--enable-leader-election=false",
+                "--metrics-addr=0",
+                "--health-probe-bind-address=0",
+            ],
+            env={"KUBECONFIG": str(self.kubeconfig)},
+        )
+
+    # ---- kwok's fake nodes -----------------------------------------------------------------------
+
+    def ensure_fake_nodes(self, plan: FakeNodePlan) -> None:
+        nodes = [_fake_node(f"gpu-node-{i}", plan, gpus=plan.gpus_per_node) for i in range(plan.gpu_nodes)]
+        nodes += [_fake_node(f"cpu-node-{i}", plan, gpus=0) for i in range(plan.cpu_nodes)]
+        wanted = {n["metadata"]["name"] for n in nodes}
+        listed = self.kubectl("get", "nodes", "--selector=type=kwok", "-o", "name").split()
+        existing = {n.removeprefix("node/") for n in listed}
+        for extra in sorted(existing - wanted):
+            self.kubectl("delete", "node", extra, "--wait=false")
+        for node in nodes:
+            if node["metadata"]["name"] not in existing:
+                # `create` (not apply): the API accepts status on Node create, which is how fake nodes get
+                # their GPU capacity without a kubelet.
+                self.kubectl("create", "-f", "-", stdin=json.dumps(node))
+        log("cluster", f"kwok nodes: {plan.gpu_nodes} with {plan.gpus_per_node} {plan.gpu_resource}, {plan.cpu_nodes} CPU-only")
+
+    def fake_nodes_ready(self, plan: FakeNodePlan) -> bool:
+        out = self.kubectl(
+            "get",
+            "nodes",
+            "--selector=type=kwok",
+            "-o",
+            'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
+        )
+        statuses = out.split()
+        return len(statuses) == plan.gpu_nodes + plan.cpu_nodes and all(s == "True" for s in statuses)
+
+    def default_service_account(self) -> bool:
+        return bool(self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False))
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    def kubectl(self, *args: str | Path, check: bool = True, stdin: str | None = None) -> str:
+        result = run([self.tools.kubectl, f"--kubeconfig={self.kubeconfig}", *args], check=check, stdin=stdin)
+        return result.stdout if result.returncode == 0 else ""
+
+    def apiserver_ready(self) -> bool:
+        context = ssl.create_default_context(cafile=str(self.pki.ca))
+        try:
+            context.load_cert_chain(str(self.pki.cert("admin")), str(self.pki.key("admin")))
+            with urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=2) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError, ssl.SSLError):
+            return False
+
+
+def _fake_node(name: str, plan: FakeNodePlan, gpus: int) -> dict[str, object]:
+    capacity = {"cpu": plan.cpu, "memory": plan.memory, "pods": "110"}
+    labels = {
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "type": "kwok",
+    }
+    if gpus:
+        capacity[plan.gpu_resource] = str(gpus)
+        labels["nvidia.com/gpu.present"] = "true"
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels, "annotations": {KWOK_NODE_ANNOTATION: "fake"}},
+        "spec": {},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }

@@ -1,0 +1,89 @@
+"""What the e2e tier and the demo run on the real node, in one place: the tiny model on a PersistentVolume
+(reached as `pvc://`, as users' models are), a model-cache claim, and the overlay that turns a sample
+VLLMCluster into one that lands on the real node with the locally built Ray image. The samples in
+manifests/samples/ stay as users read them; only this overlay adapts them to the machine."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from hack.localcluster.node import NODE_LABEL, TAINT_KEY
+from hack.localcluster.procs import REPO, log, run
+
+MODEL_CLAIM = "models"
+CACHE_CLAIM = "model-cache"
+TINY_MODEL_DIR = "tiny-llama"
+CACHE_MOUNT = "/var/cache/rayvllm-hf"
+REAL_NODE_TOLERATION = {"key": TAINT_KEY, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+REAL_NODE_SELECTOR = {NODE_LABEL: "true"}
+# Two cores: a head and two workers must fit the node's allocatable CPU. KubeRay rounds a worker's CPU up
+# for `ray start --num-cpus`, so 800m still gives each worker one Ray CPU for the engine's entrypoint.
+HEAD_RESOURCES = {"requests": {"cpu": "200m", "memory": "1Gi"}}
+WORKER_RESOURCES = {"requests": {"cpu": "800m", "memory": "2Gi"}}
+
+
+def generate_tiny_model(ray_python: Path, volume_root: Path) -> Path:
+    """The tiny generated Llama under `volume_root`/tiny-llama (byte-identical on every run)."""
+    out = volume_root / TINY_MODEL_DIR
+    if not (out / "config.json").exists():
+        log("workloads", f"generating the tiny model in {out}")
+        run([ray_python, REPO / "hack" / "tiny_model.py", out], timeout=300)
+    return out
+
+
+def volumes(namespace: str, model_root: Path, cache_root: Path) -> list[dict[str, Any]]:
+    """Two hostPath PersistentVolumes on the real node, each pre-bound to its claim in `namespace`: the
+    model (read-only, `pvc://models/tiny-llama`) and the Hugging Face cache (`modelCache`)."""
+    cache_root.mkdir(parents=True, exist_ok=True)
+    objects: list[dict[str, Any]] = []
+    for claim, path, mode in ((MODEL_CLAIM, model_root, "ReadOnlyMany"), (CACHE_CLAIM, cache_root, "ReadWriteMany")):
+        pv_name = f"{namespace}-{claim}"
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv_name, "labels": {"rayvllm.io/e2e-namespace": namespace}},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": [mode],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": "",
+                    "claimRef": {"namespace": namespace, "name": claim},
+                    "hostPath": {"path": str(path), "type": "Directory"},
+                },
+            }
+        )
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace},
+                "spec": {
+                    "accessModes": [mode],
+                    "storageClassName": "",
+                    "volumeName": pv_name,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            }
+        )
+    return objects
+
+
+def on_real_node(body: dict[str, Any], ray_image: str) -> dict[str, Any]:
+    """A copy of VLLMCluster manifest `body` that runs on the real node: the local Ray image (never
+    pulled), the node's taint tolerated and its label selected, requests that fit two cores, the tiny
+    model from its claim and the model cache on a claim."""
+    out = copy.deepcopy(body)
+    spec = out["spec"]
+    spec["model"]["source"] = f"pvc://{MODEL_CLAIM}/{TINY_MODEL_DIR}"
+    spec["modelCache"] = {"claimName": CACHE_CLAIM, "mountPath": CACHE_MOUNT}
+    ray = spec["ray"]
+    ray["image"] = ray_image
+    ray["imagePullPolicy"] = "Never"
+    for group, resources in (("head", HEAD_RESOURCES), ("worker", WORKER_RESOURCES)):
+        ray[group]["resources"] = copy.deepcopy(resources)
+        ray[group]["nodeSelector"] = dict(REAL_NODE_SELECTOR)
+        ray[group]["tolerations"] = [dict(REAL_NODE_TOLERATION)]
+    return out
