@@ -6,8 +6,9 @@
 # minbase of its own (hack/localcluster/images.py, hack/images/python-base.packages): Debian's python3.11
 # in /usr/bin, `python` from python-is-python3, no pip outside a venv. So the steps below only assume
 # `python -m venv` and use the venv's pip. PIP_CERT (builder only, optional) names a CA bundle for pip
-# that the build mounts in (e.g. `buildah bud -v HOST_CA:/run/ca.crt:ro --build-arg PIP_CERT=/run/ca.crt`)
-# behind a TLS-intercepting proxy; neither the bundle nor the variable reaches the final image.
+# behind a TLS-intercepting proxy, mounted in by the build for RUN steps only (the local build: `buildah
+# bud -v HOST_CA:/etc/ssl/certs/ca-certificates.crt:ro --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt`);
+# neither the bundle nor the variable reaches the final image.
 ARG BASE_IMAGE=python:3.11.13-slim-bookworm
 
 # ---- builder: a wheel of this repository, installed with its pinned dependencies into /opt/venv ----

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator
 
-.PHONY: venv tools ray-env cluster-up cluster-down lint typecheck unit test demo demo-down clean
+.PHONY: venv node-packages tools ray-env cluster-up cluster-down lint typecheck unit test demo demo-down clean
 
 $(PY): pyproject.toml requirements.lock
 	$(PYTHON) -m pip install -q uv==0.13.8
@@ -16,16 +16,21 @@ $(PY): pyproject.toml requirements.lock
 
 venv: $(PY)
 
-## tools: build (or reuse from ~/.cache/rayvllm) etcd, Kubernetes, kwok, KubeRay and helm from Go modules
-tools:
+## node-packages: Debian's containerd, runc, CNI plugins, iptables/nftables, buildah, mmdebstrap (pinned; root)
+node-packages:
+	bash hack/install-node-packages.sh
+
+## tools: build (or reuse from ~/.cache/rayvllm) etcd, Kubernetes (with kubelet, kube-proxy), kwok, KubeRay,
+## CoreDNS and helm from Go modules
+tools: node-packages
 	bash hack/build-tools.sh
 
 ## ray-env: build (or reuse) the Python venv with real Ray and vLLM (CPU build) for the e2e tier and demo
 ray-env:
 	bash hack/ray-env.sh
 
-## cluster-up: start the local control plane on 127.0.0.1; the last line printed is `export KUBECONFIG=...`
-cluster-up: venv tools
+## cluster-up: the local cluster (control plane, kwok's GPU nodes, a real node, images); last line `export KUBECONFIG=...`
+cluster-up: venv tools ray-env
 	@$(PY) hack/cluster.py up
 
 cluster-down: venv
@@ -45,7 +50,7 @@ unit: venv tools
 
 ## test: the README's test command: lint, types, then every test tier against the real components
 test: venv tools ray-env lint typecheck
-	$(VENV)/bin/pytest tests -q
+	bash hack/run-tests.sh
 
 ## demo: the operator end to end on this machine; prints a completion served through it. DOWN=1 stops all after.
 demo: venv tools ray-env

@@ -50,7 +50,6 @@ def kube() -> Iterator[Kube]:
             assert not left, f"`down` left these behind: {left}"
 
 
-
 def assert_nothing_left_the_machine() -> None:
     """Every packet of the cluster's pod and Service ranges stayed on this machine: the network guard's
     counters of such packets on the external interface are still 0."""

@@ -24,15 +24,27 @@ COREDNS_RBAC = {
             "kind": "ClusterRole",
             "metadata": {"name": "system:coredns"},
             "rules": [
-                {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"], "verbs": ["list", "watch"]},
-                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+                {
+                    "apiGroups": [""],
+                    "resources": ["endpoints", "services", "pods", "namespaces"],
+                    "verbs": ["list", "watch"],
+                },
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["list", "watch"],
+                },
             ],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
             "metadata": {"name": "system:coredns"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:coredns"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:coredns",
+            },
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:coredns"}],
         },
     ],
@@ -42,7 +54,7 @@ COREDNS_RBAC = {
 @dataclass(frozen=True)
 class ClusterPlan:
     fake: FakeNodePlan
-    real_node: NodePlan | None = NodePlan()
+    real_node: NodePlan | None
 
 
 class Cluster:
@@ -79,8 +91,10 @@ class Cluster:
         return self.control_plane.kubectl(*args, check=check, stdin=stdin)
 
     def running(self, plan: ClusterPlan | None = None) -> bool:
-        node_ok = plan is None or plan.real_node is None or all(
-            self.daemons.running(n) for n in ("containerd", "kubelet", "kube-proxy", dns.COMPONENT)
+        node_ok = (
+            plan is None
+            or plan.real_node is None
+            or all(self.daemons.running(n) for n in ("containerd", "kubelet", "kube-proxy", dns.COMPONENT))
         )
         return node_ok and self.control_plane.running()
 
@@ -112,14 +126,25 @@ class Cluster:
         node.start_kubelet(cp.kubeconfig_for("kubelet"), cp.pki.ca)
         node.start_kube_proxy(cp.kubeconfig_for("kube-proxy"))
         cp.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(COREDNS_RBAC))
-        dns.start(self.daemons, self.tools.coredns / "coredns", self.dir, cp.kubeconfig_for("coredns"), self.ports.coredns_health)
+        dns.start(
+            self.daemons,
+            self.tools.coredns / "coredns",
+            self.dir,
+            cp.kubeconfig_for("coredns"),
+            self.ports.coredns_health,
+        )
         self.daemons.wait("the real node Ready", self._real_node_ready, 120, watch=("kubelet", "containerd"))
         node.advertise_gpus(cp.kubectl, plan)
         log("node", f"{NODE_NAME} Ready with {plan.fake_gpus} advertised nvidia.com/gpu")
 
     def _real_node_ready(self) -> bool:
         out = self.kubectl(
-            "get", "node", NODE_NAME, "-o", 'jsonpath={.status.conditions[?(@.type=="Ready")].status}', check=False
+            "get",
+            "node",
+            NODE_NAME,
+            "-o",
+            'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
+            check=False,
         )
         return out.strip() == "True"
 
@@ -148,7 +173,13 @@ class Cluster:
         return found
 
     def status(self) -> dict[str, bool]:
-        names = (*("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kuberay"), "containerd", "kubelet", "kube-proxy", dns.COMPONENT)
+        names = (
+            *("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kuberay"),
+            "containerd",
+            "kubelet",
+            "kube-proxy",
+            dns.COMPONENT,
+        )
         return {name: self.daemons.running(name) for name in names}
 
 
@@ -159,7 +190,10 @@ def default_cluster() -> Cluster:
 
 def default_plan() -> ClusterPlan:
     env = os.environ.get
-    fake = FakeNodePlan(int(env("RAYVLLM_GPU_NODES", "2")), int(env("RAYVLLM_GPUS_PER_NODE", "8")), int(env("RAYVLLM_CPU_NODES", "1")))
+    fake = FakeNodePlan(
+        int(env("RAYVLLM_GPU_NODES", "2")),
+        int(env("RAYVLLM_GPUS_PER_NODE", "8")),
+        int(env("RAYVLLM_CPU_NODES", "1")),
+    )
     real = None if env("RAYVLLM_REAL_NODE", "1") == "0" else NodePlan(int(env("RAYVLLM_REAL_NODE_GPUS", "4")))
     return ClusterPlan(fake, real)
-

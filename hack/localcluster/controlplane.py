@@ -315,7 +315,10 @@ class ControlPlane:
                 # `create` (not apply): the API accepts status on Node create, which is how fake nodes get
                 # their GPU capacity without a kubelet.
                 self.kubectl("create", "-f", "-", stdin=json.dumps(node))
-        log("cluster", f"kwok nodes: {plan.gpu_nodes} with {plan.gpus_per_node} {plan.gpu_resource}, {plan.cpu_nodes} CPU-only")
+        log(
+            "cluster",
+            f"kwok nodes: {plan.gpu_nodes} with {plan.gpus_per_node} {plan.gpu_resource}, {plan.cpu_nodes} CPU-only",
+        )
 
     def fake_nodes_ready(self, plan: FakeNodePlan) -> bool:
         out = self.kubectl(

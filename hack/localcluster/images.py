@@ -40,8 +40,9 @@ RAY_LOCK = REPO / "requirements-ray.lock"
 DOCKERFILE = REPO / "Dockerfile"
 # What the Dockerfile COPYs besides operator/ (its git-tracked files): also the operator's build context.
 OPERATOR_FILES = ("requirements.lock", "pyproject.toml", "README.md")
-# Where the host's CA bundle is bind-mounted during the operator build's RUN steps (never into a layer).
-BUILD_CA = "/run/rayvllm-build-ca.crt"
+# Where the host's CA bundle is bind-mounted during the operator build's RUN steps: over the base's own
+# bundle, so the mount leaves no mountpoint behind in a layer (a new path would stay as an empty file).
+BUILD_CA = "/etc/ssl/certs/ca-certificates.crt"
 
 SUITE = "bookworm"
 MMDEBSTRAP_OPTIONS = (
@@ -84,9 +85,13 @@ def base_ref(base: str) -> str:
 
 
 def operator_sources() -> list[str]:
-    """Repository paths of the operator build context: the git-tracked files under operator/ (so no
-    __pycache__ or local state goes in) and what else the Dockerfile COPYs."""
-    tracked = run(["git", "ls-files", "-z", "--", "operator"], cwd=REPO).stdout.split("\0")
+    """Repository paths of the operator build context: the files under operator/ that git tracks or would
+    track (new modules not yet added count; __pycache__ and whatever .gitignore names stay out) and what
+    else the Dockerfile COPYs."""
+    listed = run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "operator"], cwd=REPO
+    )
+    tracked = listed.stdout.split("\0")
     return sorted({*OPERATOR_FILES, *(p for p in tracked if p and (REPO / p).is_file())})
 
 
@@ -174,6 +179,7 @@ def ensure_base(base: str) -> str:
                 raise
 
         _step(f"{ref}: committing the rootfs into buildah's storage", commit)
+    oci.prune_other_tags(ref)
     return ref
 
 
@@ -254,7 +260,13 @@ def _ensure(ref: str, build: Callable[[str], None], address: Path) -> str:
     if oci.buildah_has(ref):
         log(oci.COMPONENT, f"{ref}: cached in buildah's storage")
     else:
-        _step(f"{ref}: build", lambda: build(ref))
+        try:
+            _step(f"{ref}: build", lambda: build(ref))
+        except BaseException:
+            # A build that failed its checks has already committed its tag: never let that pass as cached.
+            oci.buildah("rmi", "--force", ref, check=False)
+            raise
+        oci.prune_other_tags(ref)
     _step(f"{ref}: export to containerd", lambda: oci.export_to_containerd(ref, address))
     log(oci.COMPONENT, f"{ref}: ready in {time.monotonic() - started:.1f}s")
     return ref

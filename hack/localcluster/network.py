@@ -74,7 +74,10 @@ class Network:
             _ip("route", "replace", "unreachable", fake)
         self._set_sysctls()
         self._guard()
-        log("network", f"bridge {BRIDGE} {NODE_IP}; routes: {POD_CIDR} {SERVICE_CIDR} on it, kwok ranges unreachable")
+        log(
+            "network",
+            f"bridge {BRIDGE} {NODE_IP}; routes: {POD_CIDR} {SERVICE_CIDR} on it, kwok ranges unreachable",
+        )
 
     def down(self) -> None:
         for fake in (FAKE_POD_CIDR, FAKE_NODE_CIDR):
@@ -176,5 +179,7 @@ def leftovers() -> list[str]:
     netns = _ip("netns", "list", check=False)
     found += [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith("cni-")]
     ruleset = run(["nft", "list", "ruleset"], check=False).stdout
-    found += [f"nft {m}" for m in re.findall(r"(table inet rayvllm_guard|chain (?:KUBE|CNI)-[\w-]+)", ruleset)]
+    found += [
+        f"nft {m}" for m in re.findall(r"(table inet rayvllm_guard|chain (?:KUBE|CNI)-[\w-]+)", ruleset)
+    ]
     return found

@@ -70,11 +70,11 @@ class RealNode:
         config.write_text(
             f"""version = 2
 root = "{self.containerd_root}"
-state = "{state / 'state'}"
+state = "{state / "state"}"
 [grpc]
   address = "{self.containerd_socket}"
 [ttrpc]
-  address = "{state / 'containerd.sock.ttrpc'}"
+  address = "{state / "containerd.sock.ttrpc"}"
 [debug]
   address = ""
 [metrics]
@@ -102,9 +102,7 @@ state = "{state / 'state'}"
 """
         )
         self.daemons.spawn("containerd", ["containerd", f"--config={config}"], component="node")
-        self.daemons.wait(
-            "containerd", self._containerd_ready, 60, watch=["containerd"], component="node"
-        )
+        self.daemons.wait("containerd", self._containerd_ready, 60, watch=["containerd"], component="node")
         # A crashed earlier run may have left containers in the (cached) store: start from none.
         self.remove_all_containers()
 
@@ -123,9 +121,7 @@ state = "{state / 'state'}"
                     "ipam": {
                         "type": "host-local",
                         "dataDir": str(self.dir / "cni" / "ipam"),
-                        "ranges": [
-                            [{"subnet": POD_CIDR, "rangeStart": "10.88.1.1", "gateway": NODE_IP}]
-                        ],
+                        "ranges": [[{"subnet": POD_CIDR, "rangeStart": "10.88.1.1", "gateway": NODE_IP}]],
                         "routes": [{"dst": "0.0.0.0/0"}],
                     },
                 }
@@ -343,7 +339,9 @@ def _remove_cgroups(name: str) -> None:
         if not top.is_dir():
             continue
         # Children before parents; a cgroup directory goes once it holds no processes and no children.
-        for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        for path in sorted(
+            (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+        ):
             try:
                 path.rmdir()
             except OSError as error:
@@ -356,4 +354,3 @@ def _remove_cgroups(name: str) -> None:
 
 def leftover_mounts(*roots: Path) -> list[str]:
     return [point for root in roots if root.exists() for point in mounts_under(root)]
-

@@ -1,7 +1,7 @@
 """buildah and containerd plumbing of `images`: a buildah of our own (storage, registries and temp files
-under cache_dir()/buildah, chroot isolation, never a registry: every base is local and `--pull=never`), and
-the hand-over of a built image to a containerd (`buildah push` of an uncompressed OCI layout, streamed as a
-tar into `ctr images import`)."""
+under cache_dir()/buildah, a private /var/lib, chroot isolation, never a registry: every base is local and
+`--pull=never`), and the hand-over of a built image to a containerd (`buildah push` to `dir:`, rewritten
+into an uncompressed OCI layout, streamed as a tar into `ctr images import`)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,15 @@ def bud(ref: str, containerfile: Path, context: Path, *extra: str | Path) -> Non
         "bud", "--isolation", "chroot", "--pull=never", "--format", "oci", *extra,
         "-f", containerfile, "-t", ref, context,
     )  # fmt: skip
+
+
+def prune_other_tags(ref: str) -> None:
+    """Remove older tags of `ref`'s repository from buildah's storage (a superseded Ray image is ~6.8 GB)."""
+    name = ref.rpartition(":")[0]
+    for line in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).split():
+        if line.rpartition(":")[0] == name and line != ref:
+            log(COMPONENT, f"removing the superseded {line} from buildah's storage")
+            buildah("rmi", line, check=False)
 
 
 def verify(ref: str, checks: Sequence[Sequence[str]], user: str | None = None) -> None:

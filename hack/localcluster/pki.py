@@ -99,15 +99,23 @@ class Pki:
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [
-                    {"name": "rayvllm-local", "cluster": {"server": server, "certificate-authority": str(self.ca)}}
+                    {
+                        "name": "rayvllm-local",
+                        "cluster": {"server": server, "certificate-authority": str(self.ca)},
+                    }
                 ],
                 "users": [
                     {
                         "name": name,
-                        "user": {"client-certificate": str(self.cert(name)), "client-key": str(self.key(name))},
+                        "user": {
+                            "client-certificate": str(self.cert(name)),
+                            "client-key": str(self.key(name)),
+                        },
                     }
                 ],
-                "contexts": [{"name": "rayvllm-local", "context": {"cluster": "rayvllm-local", "user": name}}],
+                "contexts": [
+                    {"name": "rayvllm-local", "context": {"cluster": "rayvllm-local", "user": name}}
+                ],
                 "current-context": "rayvllm-local",
             },
             indent=2,

@@ -33,12 +33,16 @@ def read_versions() -> dict[str, str]:
         line = line.strip()
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
-            versions[key] = value.strip("\"")
+            versions[key] = value.strip('"')
     return versions
 
 
 class CommandError(SystemExit):
     """A command of the local cluster failed; the message carries its output."""
+
+
+class WaitTimeoutError(AssertionError):
+    """Something waited for never happened; the message says what, and what was seen last."""
 
 
 def run(
@@ -194,6 +198,6 @@ def wait_for(
         if last:
             return last
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+            raise WaitTimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
         time.sleep(interval)
         interval = min(interval * 1.5, max_interval)

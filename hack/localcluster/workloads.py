@@ -33,18 +33,23 @@ def generate_tiny_model(ray_python: Path, volume_root: Path) -> Path:
     return out
 
 
-def volumes(namespace: str, model_root: Path, cache_root: Path) -> list[dict[str, Any]]:
+def volumes(namespace: str, namespace_uid: str, model_root: Path, cache_root: Path) -> list[dict[str, Any]]:
     """Two hostPath PersistentVolumes on the real node, each pre-bound to its claim in `namespace`: the
-    model (read-only, `pvc://models/tiny-llama`) and the Hugging Face cache (`modelCache`)."""
+    model (read-only, `pvc://models/tiny-llama`) and the Hugging Face cache (`modelCache`). The volumes are
+    owned by the Namespace object, so they go (the garbage collector) when the namespace does."""
+    owner = {"apiVersion": "v1", "kind": "Namespace", "name": namespace, "uid": namespace_uid}
     cache_root.mkdir(parents=True, exist_ok=True)
     objects: list[dict[str, Any]] = []
-    for claim, path, mode in ((MODEL_CLAIM, model_root, "ReadOnlyMany"), (CACHE_CLAIM, cache_root, "ReadWriteMany")):
+    for claim, path, mode in (
+        (MODEL_CLAIM, model_root, "ReadOnlyMany"),
+        (CACHE_CLAIM, cache_root, "ReadWriteMany"),
+    ):
         pv_name = f"{namespace}-{claim}"
         objects.append(
             {
                 "apiVersion": "v1",
                 "kind": "PersistentVolume",
-                "metadata": {"name": pv_name, "labels": {"rayvllm.io/e2e-namespace": namespace}},
+                "metadata": {"name": pv_name, "ownerReferences": [owner]},
                 "spec": {
                     "capacity": {"storage": "1Gi"},
                     "accessModes": [mode],

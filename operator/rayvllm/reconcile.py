@@ -15,7 +15,8 @@ from rayvllm.builders import (
     build_service,
     ray_auth_secret_name,
 )
-from rayvllm.builders.labels import SERVING
+from rayvllm.builders.labels import SERVING, SPEC_HASH_ANNOTATION
+from rayvllm.builders.raycluster import pod_spec_hash
 from rayvllm.errors import InvalidSpecError, RayError, TransientError
 from rayvllm.events import Event
 from rayvllm.k8s.resources import Kubernetes
@@ -26,6 +27,7 @@ from rayvllm.ray import RayDashboardClient
 from rayvllm.settings import Settings
 from rayvllm.status import Observation, PodCounts, Problem, Reason, compute_status
 from rayvllm.supervisor import EngineContext, Supervisor
+from rayvllm.workers import plan_workers
 
 RAY_CLUSTER_LABEL = "ray.io/cluster"
 RAY_NODE_TYPE_LABEL = "ray.io/node-type"
@@ -68,20 +70,21 @@ async def reconcile(kube: Kubernetes, settings: Settings, body: Mapping[str, Any
         return _invalid_spec(target, previous, invalid, now)
 
     problems = await _secret_problems(kube, target.namespace, spec)
+    pods = await kube.list_pods(target.namespace, f"{RAY_CLUSTER_LABEL}={target.name}")
+    engines: list[EngineStatus] = list(previous.engines) if previous else []
     ray_cluster: Mapping[str, Any] | None
+    counts: PodCounts | None = None
     if problems and await kube.get_raycluster(target.namespace, target.name) is None:
         # Children that cannot work are not created; the problem is reported and rechecked each resync.
         ray_cluster = None
     else:
-        ray_cluster = await kube.apply_raycluster(
-            build_ray_cluster(spec, target.name, target.namespace, target.uid)
-        )
+        workers = plan_workers(spec, engines, _live_workers(pods))
+        built = build_ray_cluster(spec, target.name, target.namespace, target.uid, workers)
+        ray_cluster = await kube.apply_raycluster(built)
         await kube.apply_service(build_service(spec, target.name, target.namespace, target.uid))
+        counts = _pod_counts(pods, pod_spec_hash(built["spec"]))
 
-    pods = await kube.list_pods(target.namespace, f"{RAY_CLUSTER_LABEL}={target.name}")
     problems += _pod_problems(pods)
-    counts = _pod_counts(pods) if ray_cluster is not None else None
-    engines: list[EngineStatus] = list(previous.engines) if previous else []
     events: list[Event] = []
     if ray_cluster is not None:
         cluster_ready = (
@@ -223,10 +226,26 @@ def _node_type(pod: Mapping[str, Any]) -> str:
     return str(((pod.get("metadata") or {}).get("labels") or {}).get(RAY_NODE_TYPE_LABEL, ""))
 
 
-def _pod_counts(pods: Sequence[Mapping[str, Any]]) -> PodCounts:
+def _live_workers(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [
+        p["metadata"]["name"]
+        for p in pods
+        if _node_type(p) == "worker" and not (p.get("metadata") or {}).get("deletionTimestamp")
+    ]
+
+
+def _pod_counts(pods: Sequence[Mapping[str, Any]], spec_hash: str) -> PodCounts:
+    """Readiness of the pods made from the current spec; the others are being replaced."""
+
+    def current(pod: Mapping[str, Any]) -> bool:
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        return annotations.get(SPEC_HASH_ANNOTATION) == spec_hash
+
+    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     return PodCounts(
-        head_ready=any(_node_type(p) == "head" and _is_ready(p) for p in pods),
-        ready_workers=sum(_node_type(p) == "worker" and _is_ready(p) for p in pods),
+        head_ready=any(_node_type(p) == "head" and _is_ready(p) and current(p) for p in pods),
+        ready_workers=sum(_node_type(p) == "worker" and _is_ready(p) and current(p) for p in pods),
+        outdated=sum(not current(p) for p in live),
     )
 
 

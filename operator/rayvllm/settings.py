@@ -32,6 +32,14 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a once-ready engine may fail its health check before it is restarted.",
     )
+    drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "Scale-down: how long a leaving engine stays out of the Service, its job still running, before it "
+            "is stopped: in-flight requests finish and kube-proxy stops sending it new ones meanwhile."
+        ),
+    )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port (unset: no metrics server)."
     )

@@ -75,6 +75,8 @@ class PodCounts:
 
     head_ready: bool
     ready_workers: int
+    # Pods still made from an older RayCluster spec (KubeRay's Recreate is replacing them): not counted above.
+    outdated: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,10 +134,21 @@ def _ray_cluster_verdict(observed: Observation) -> _Verdict:
     if spec.suspend:
         return _false(Reason.SUSPENDED, "spec.suspend is true: the Ray pods are removed")
     status = cluster.get("status") or {}
-    generation = (cluster.get("metadata") or {}).get("generation")
-    seen = status.get("observedGeneration")
-    if generation is not None and seen is not None and seen < generation:
-        return _false(Reason.RAY_CLUSTER_UPDATING, "KubeRay has not yet processed the latest RayCluster spec")
+    if observed.pods is not None:
+        if observed.pods.outdated:
+            return _false(
+                Reason.RAY_CLUSTER_UPDATING,
+                f"{observed.pods.outdated} Ray pod(s) of an older spec are being replaced",
+            )
+    else:
+        # Without the pods, KubeRay's counters are all there is; they are only as fresh as its
+        # observedGeneration (which KubeRay does not update for a change that leaves its status unchanged).
+        generation = (cluster.get("metadata") or {}).get("generation")
+        seen = status.get("observedGeneration")
+        if generation is not None and seen is not None and seen < generation:
+            return _false(
+                Reason.RAY_CLUSTER_UPDATING, "KubeRay has not yet processed the latest RayCluster spec"
+            )
     failure = _kuberay_condition(cluster, KUBERAY_REPLICA_FAILURE)
     if failure is not None and failure.get("status") == "True":
         return _false(

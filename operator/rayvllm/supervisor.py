@@ -112,8 +112,13 @@ class Supervisor:
         running engines are still watched, but nothing new is launched."""
         spec = self.ctx.spec
         by_index = {e.index: e for e in previous}
+        draining: list[EngineStatus] = []
         for extra in sorted(i for i in by_index if i >= spec.replicas or spec.suspend):
-            await self._retire(by_index[extra], "scaled down" if not spec.suspend else "suspended")
+            engine = by_index[extra]
+            if spec.suspend or self._drained(engine):
+                await self._retire(engine, "scaled down" if not spec.suspend else "suspended")
+            else:
+                draining.append(self._drain(engine))
         if spec.suspend:
             return self.result
         free_slots = await self._free_slots() if may_submit else 0
@@ -131,6 +136,7 @@ class Supervisor:
             else:
                 engine = await self._watch(engine)
             self.result.engines.append(engine)
+        self.result.engines.extend(draining)
         return self.result
 
     async def stop_all(self, previous: Sequence[EngineStatus]) -> int:
@@ -294,6 +300,26 @@ class Supervisor:
                 "EngineStopped",
                 f"engine {engine.index}: stopped Ray job {engine.submission_id} ({why})",
             )
+
+    def _drain(self, engine: EngineStatus) -> EngineStatus:
+        """A scaled-down engine that served: out of the Service (not ready) until it has drained."""
+        if engine.draining_since is None:
+            self._event(
+                "Normal",
+                "EngineDraining",
+                f"engine {engine.index}: scaled down; out of the Service, stopping in "
+                f"{self.ctx.settings.drain_seconds:g}s",
+            )
+        return engine.model_copy(
+            update={"ready": False, "draining_since": engine.draining_since or self.ctx.now}
+        )
+
+    def _drained(self, engine: EngineStatus) -> bool:
+        """Nothing to drain (it never served, or its job is over), or it has been out of the Service long
+        enough."""
+        if engine.draining_since is None:
+            return not engine.ready or engine.pod_name is None
+        return self.ctx.now - engine.draining_since >= timedelta(seconds=self.ctx.settings.drain_seconds)
 
     # ---- helpers -----------------------------------------------------------------------------------
 

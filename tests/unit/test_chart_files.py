@@ -6,6 +6,7 @@ These need the pinned helm binary (hack/build-tools.sh); a missing one fails, ne
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 from types import ModuleType
@@ -191,6 +192,7 @@ def test_default_deployment_is_hardened(helm: Helm) -> None:
         "RAYVLLM_RESYNC_SECONDS": "15",
         "RAYVLLM_DASHBOARD_URL_TEMPLATE": "http://{cluster}-head-svc.{namespace}.svc:8265",
         "RAYVLLM_HTTP_TIMEOUT_SECONDS": "5",
+        "RAYVLLM_UNHEALTHY_GRACE_SECONDS": "30",
         "RAYVLLM_METRICS_PORT": "9090",
         "RAYVLLM_METRICS_HOST": "0.0.0.0",
     }
@@ -202,7 +204,13 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
         "ops",
         {
             "watch": {"mode": "namespaces", "namespaces": ["a", "b"]},
-            "settings": {"resyncSeconds": 2.5, "engineHostOverride": "127.0.0.1", "httpTimeoutSeconds": 9},
+            "settings": {
+                "resyncSeconds": 2.5,
+                "engineHostOverride": "127.0.0.1",
+                "httpTimeoutSeconds": 9,
+                "unhealthyGraceSeconds": 4,
+                "engineJobEnv": {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
+            },
             "logFormat": "plain",
             "liveness": {"port": 18080},
             "image": {"repository": "example/op", "tag": "dev", "pullPolicy": "Always"},
@@ -221,6 +229,8 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
     assert env["RAYVLLM_RESYNC_SECONDS"] == "2.5"
     assert env["RAYVLLM_ENGINE_HOST_OVERRIDE"] == "127.0.0.1"
     assert env["RAYVLLM_HTTP_TIMEOUT_SECONDS"] == "9"
+    assert env["RAYVLLM_UNHEALTHY_GRACE_SECONDS"] == "4"
+    assert json.loads(env["RAYVLLM_ENGINE_JOB_ENV"]) == {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     assert container["image"] == "example/op:dev" and container["imagePullPolicy"] == "Always"
     assert only(docs, "Deployment")["spec"]["template"]["spec"]["nodeSelector"] == {
         "kubernetes.io/os": "linux"
@@ -282,10 +292,13 @@ def test_dockerfile_shape() -> None:
     text = DOCKERFILE.read_text()
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.MULTILINE | re.IGNORECASE)
     assert len(stages) == 2, stages
-    for image, _ in stages:
-        assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", image), f"base image not pinned: {image}"
+    # Both stages on one base, a build argument whose default is a pinned official Python image (the
+    # local cluster passes its own Debian 12 base).
+    (default,) = re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, flags=re.MULTILINE)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", default), f"base image not pinned: {default}"
+    assert [image for image, _ in stages] == ["${BASE_IMAGE}", "${BASE_IMAGE}"], stages
     assert stages[0][1] == "builder"
-    assert "pip wheel --no-cache-dir --no-deps" in text
+    assert "/opt/venv/bin/pip wheel --no-cache-dir --no-deps" in text
     assert "requirements.lock" in text
     assert "COPY --from=builder /opt/venv /opt/venv" in text
     assert re.search(r"^USER 10001(:10001)?$", text, flags=re.MULTILINE)

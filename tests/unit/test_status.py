@@ -304,3 +304,17 @@ def test_status_wire_form() -> None:
 def test_now_must_be_utc_aware() -> None:
     with pytest.raises(ValueError, match="UTC"):
         compute_status(_observe(), datetime(2026, 3, 1))
+
+
+def test_observed_pods_outrank_kuberays_stale_observed_generation() -> None:
+    # KubeRay leaves status.observedGeneration behind after a change that alters none of its status (a
+    # workersToDelete entry): with the pods observed, their spec hash decides, not that counter.
+    stale = _ray_cluster(generation=5, seen=3)
+    ready = compute_status(_observe(ray_cluster=stale, pods=PodCounts(head_ready=True, ready_workers=2)), T0)
+    assert ready.condition(ConditionType.RAY_CLUSTER_READY).status == "True"
+    replacing = compute_status(
+        _observe(ray_cluster=stale, pods=PodCounts(head_ready=True, ready_workers=2, outdated=1)), T0
+    )
+    condition = replacing.condition(ConditionType.RAY_CLUSTER_READY)
+    assert (condition.status, condition.reason) == ("False", Reason.RAY_CLUSTER_UPDATING)
+    assert "older spec" in condition.message

@@ -10,6 +10,10 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 CLUSTER_LABEL = f"{API_GROUP}/cluster"
 SERVING_LABEL = f"{API_GROUP}/serving"
+# On every Ray pod template: a hash of the RayCluster spec the pod was made from, leaving out what changes no
+# pod (worker counts, workersToDelete). KubeRay keeps a hash like it on its pods but does not keep
+# RayCluster status.observedGeneration current, so pods of the current spec are told apart by this.
+SPEC_HASH_ANNOTATION = f"{API_GROUP}/spec-hash"
 
 APP_NAME = "rayvllm"
 MANAGER = "rayvllm"

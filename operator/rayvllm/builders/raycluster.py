@@ -7,9 +7,12 @@ operator, not the Ray autoscaler, decides capacity.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 from typing import Any
 
-from rayvllm.builders.labels import cluster_labels
+from rayvllm.builders.labels import SPEC_HASH_ANNOTATION, cluster_labels
 from rayvllm.builders.meta import child_metadata
 from rayvllm.models.kube import ResourceRequirements, SecretKeyRef
 from rayvllm.models.spec import (
@@ -19,6 +22,7 @@ from rayvllm.models.spec import (
     SHM_MOUNT_PATH,
     VLLMClusterSpec,
 )
+from rayvllm.workers import WorkerPlan
 
 RAY_API_VERSION = "ray.io/v1"
 RAY_CLUSTER_KIND = "RayCluster"
@@ -138,7 +142,7 @@ def _head_group(spec: VLLMClusterSpec, name: str) -> dict[str, Any]:
     }
 
 
-def _worker_group(spec: VLLMClusterSpec, name: str) -> dict[str, Any]:
+def _worker_group(spec: VLLMClusterSpec, name: str, plan: WorkerPlan) -> dict[str, Any]:
     worker = spec.ray.worker
     volumes, mounts = _worker_volumes(spec)
     container = _container(spec, WORKER_CONTAINER)
@@ -148,8 +152,8 @@ def _worker_group(spec: VLLMClusterSpec, name: str) -> dict[str, Any]:
         container["env"] = env
     container["ports"] = [{"name": ENGINE_PORT_NAME, "containerPort": spec.engine.port, "protocol": "TCP"}]
     container["volumeMounts"] = mounts
-    workers = spec.desired_workers
-    return {
+    workers = plan.replicas
+    group: dict[str, Any] = {
         "groupName": WORKER_GROUP,
         "replicas": workers,
         "minReplicas": workers,
@@ -168,6 +172,9 @@ def _worker_group(spec: VLLMClusterSpec, name: str) -> dict[str, Any]:
             volumes,
         ),
     }
+    if plan.workers_to_delete:
+        group["scaleStrategy"] = {"workersToDelete": list(plan.workers_to_delete)}
+    return group
 
 
 def _gcs_fault_tolerance(spec: VLLMClusterSpec) -> dict[str, Any] | None:
@@ -180,9 +187,11 @@ def _gcs_fault_tolerance(spec: VLLMClusterSpec) -> dict[str, Any] | None:
     return built
 
 
-def build_ray_cluster(spec: VLLMClusterSpec, name: str, namespace: str, uid: str) -> dict[str, Any]:
+def build_ray_cluster(
+    spec: VLLMClusterSpec, name: str, namespace: str, uid: str, workers: WorkerPlan | None = None
+) -> dict[str, Any]:
     """The RayCluster for VLLMCluster `namespace/name` (uid for the owner reference), as a plain dict ready
-    for server-side apply."""
+    for server-side apply. `workers` overrides the worker count during a scale-down (rayvllm.workers)."""
     ray_spec: dict[str, Any] = {
         "rayVersion": spec.ray.ray_version,
         "suspend": spec.suspend,
@@ -193,17 +202,32 @@ def build_ray_cluster(spec: VLLMClusterSpec, name: str, namespace: str, uid: str
         # KubeRay's Recreate replaces all pods when their template changes, which is what our Recreate means.
         "upgradeStrategy": {"type": spec.upgrade_strategy.type},
         "headGroupSpec": _head_group(spec, name),
-        "workerGroupSpecs": [_worker_group(spec, name)],
+        "workerGroupSpecs": [_worker_group(spec, name, workers or WorkerPlan(spec.desired_workers))],
     }
     gcs = _gcs_fault_tolerance(spec)
     if gcs:
         ray_spec["gcsFaultToleranceOptions"] = gcs
+    digest = pod_spec_hash(ray_spec)
+    for template in (ray_spec["headGroupSpec"]["template"], ray_spec["workerGroupSpecs"][0]["template"]):
+        template["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: digest}
     return {
         "apiVersion": RAY_API_VERSION,
         "kind": RAY_CLUSTER_KIND,
         "metadata": child_metadata(name, namespace, uid),
         "spec": ray_spec,
     }
+
+
+def pod_spec_hash(ray_spec: dict[str, Any]) -> str:
+    """The hash of a RayCluster spec as it shapes pods: worker counts and workersToDelete left out (they
+    add or remove pods, they change none), and the hash annotation itself."""
+    shaped = copy.deepcopy(ray_spec)
+    for group in shaped.get("workerGroupSpecs", []):
+        for key in ("replicas", "minReplicas", "maxReplicas", "scaleStrategy"):
+            group.pop(key, None)
+    for group in (shaped.get("headGroupSpec", {}), *shaped.get("workerGroupSpecs", [])):
+        (group.get("template", {}).get("metadata") or {}).pop("annotations", None)
+    return hashlib.sha256(json.dumps(shaped, sort_keys=True).encode()).hexdigest()[:16]
 
 
 RAY_AUTH_TOKEN_KEY = "auth_token"

@@ -93,6 +93,13 @@ class EngineStatus(StatusModel):
     unhealthy_since: datetime | None = Field(
         None, description="When a running engine stopped answering its health check."
     )
+    draining_since: datetime | None = Field(
+        None,
+        description=(
+            "Scale-down: when the engine was taken out of the Service; its job is stopped and its pod "
+            "removed once in-flight requests had time to finish."
+        ),
+    )
 
 
 class RayClusterStatus(StatusModel):
