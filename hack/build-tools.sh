@@ -28,27 +28,27 @@ build() {
 
 moddir() { go mod download -json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'; }
 
-build_kubernetes() {
+# k8s_build VERSION OUT PKG...: Kubernetes binaries from the wrapper module, with the version stamped in
+# (tools read --version).
+k8s_build() {
   local v=$1 out=$2 minor ld="-s -w" p
+  shift 2
   minor=$(echo "$v" | cut -d. -f2)
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld="$ld -X $p.gitVersion=v$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
   done
-  (cd "$here/tools/kubernetes" && go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ld" -o "$out/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  (cd "$here/tools/kubernetes" && go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ld" -o "$out/" "$@")
+}
+
+build_kubernetes() {
+  k8s_build "$1" "$2" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
 }
 
 # The real node's binaries, from the same wrapper module (its go.sum holds their dependencies too); a
 # separate cache entry so adding them did not rebuild the control plane's.
 build_kubernetes_node() {
-  local v=$1 out=$2 minor ld="-s -w" p
-  minor=$(echo "$v" | cut -d. -f2)
-  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld="$ld -X $p.gitVersion=v$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
-  done
-  (cd "$here/tools/kubernetes" && go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ld" -o "$out/" \
-    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
+  k8s_build "$1" "$2" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
 }
 
 build_coredns() {

@@ -13,6 +13,16 @@ if ! up=$($py hack/cluster.py up); then
   exit 1
 fi
 export "${up#export }"
+# The machine's peak memory use during the tests (MemTotal - MemAvailable, sampled every 2 s), for the record.
+peak_file=$(mktemp)
+( peak=0; while sleep 2; do
+    used=$(awk '/^MemTotal/{t=$2} /^MemAvailable/{a=$2} END{print int((t-a)/1024)}' /proc/meminfo)
+    if [ "$used" -gt "$peak" ]; then peak=$used; echo "$peak" >"$peak_file"; fi
+  done ) &
+sampler=$!
 .venv/bin/pytest tests -q "$@" || status=$?
+kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+echo "[run-tests] peak memory in use on the machine during the tests: $(cat "$peak_file") MiB"
+rm -f "$peak_file"
 $py hack/cluster.py down || { echo "cluster-down left things behind" >&2; status=1; }
 exit $status

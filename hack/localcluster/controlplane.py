@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hack.localcluster.network import FAKE_NODE_IP, FAKE_POD_CIDR, NODE_IP, SERVICE_CIDR
 from hack.localcluster.pki import Pki
@@ -350,7 +351,7 @@ class ControlPlane:
             return False
 
 
-def _fake_node(name: str, plan: FakeNodePlan, gpus: int) -> dict[str, object]:
+def _fake_node(name: str, plan: FakeNodePlan, gpus: int) -> dict[str, Any]:
     capacity = {"cpu": plan.cpu, "memory": plan.memory, "pods": "110"}
     labels = {
         "kubernetes.io/hostname": name,

@@ -126,19 +126,21 @@ class Network:
             raise CommandError("no default route: cannot tell which interface to guard")
         ifaces = "{ " + ", ".join(f'"{i}"' for i in external) + " }"
         ranges = "{ " + ", ".join(CLUSTER_RANGES) + " }"
+        # Each dropped packet is also logged (kernel log, rate-limited), so a leak names its addresses.
+        log = 'log prefix "rayvllm-guard: " level warn'
         ruleset = f"""
 table inet {GUARD_TABLE} {{
   counter leaked_out {{ }}
   counter leaked_in {{ }}
   chain out {{
     type filter hook postrouting priority -300; policy accept;
-    oifname {ifaces} ip daddr {ranges} counter name leaked_out drop
-    oifname {ifaces} ip saddr {ranges} counter name leaked_out drop
+    oifname {ifaces} ip daddr {ranges} counter name leaked_out {log} drop
+    oifname {ifaces} ip saddr {ranges} counter name leaked_out {log} drop
   }}
   chain in {{
     type filter hook prerouting priority -300; policy accept;
-    iifname {ifaces} ip saddr {ranges} counter name leaked_in drop
-    iifname {ifaces} ip daddr {ranges} counter name leaked_in drop
+    iifname {ifaces} ip saddr {ranges} counter name leaked_in {log} drop
+    iifname {ifaces} ip daddr {ranges} counter name leaked_in {log} drop
   }}
 }}
 """

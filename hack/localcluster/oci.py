@@ -185,6 +185,17 @@ def export_to_containerd(ref: str, address: Path) -> None:
         raise CommandError(f"containerd does not list {ref} unpacked after the import; it has:\n{listed}")
     shutil.rmtree(layout)
     log(COMPONENT, f"{ref}: imported into containerd ({NAMESPACE}) in {time.monotonic() - started:.1f}s")
+    prune_containerd_tags(address, ref)
+
+
+def prune_containerd_tags(address: Path, ref: str) -> None:
+    """Remove older tags of `ref`'s repository from containerd (its garbage collector then frees their
+    content and snapshots): the store lives under the cache and would otherwise grow by an image per change."""
+    name = ref.rpartition(":")[0]
+    for line in ctr(address, "images", "ls", "-q", check=False).split():
+        if line.rpartition(":")[0] == name and line != ref:
+            log(COMPONENT, f"removing the superseded {line} from containerd")
+            ctr(address, "images", "rm", line, check=False)
 
 
 def _du(path: Path) -> str:

@@ -13,7 +13,7 @@ import yaml
 
 from hack.localcluster.images import Images
 from hack.localcluster.procs import wait_for
-from hack.localcluster.workloads import on_real_node
+from hack.localcluster.workloads import on_real_node, volumes
 from rayvllm.builders.raycluster import RAY_AUTH_TOKEN_KEY, build_ray_cluster, ray_auth_secret_name
 from rayvllm.models.resource import VLLMCluster
 from tests.support.kube import Kube
@@ -81,14 +81,24 @@ class RayOnPods:
         return str(self.worker_pod["status"]["podIP"])
 
 
+def apply_volumes(kube: Kube, world: RealNodeWorld, namespace: str) -> None:
+    """The tiny model's and the model cache's PersistentVolumes and claims for `namespace`."""
+    uid = kube.get_json("namespace", namespace)["metadata"]["uid"]
+    for obj in volumes(namespace, uid, world.model_root, world.cache_root(namespace)):
+        kube.apply(obj)
+
+
 def start_ray_on_pods(
-    kube: Kube, resource: VLLMCluster, node: str, timings: dict[str, float] | None = None
+    kube: Kube, world: RealNodeWorld, resource: VLLMCluster, timings: dict[str, float] | None = None
 ) -> RayOnPods:
-    """Apply the bare RayCluster of `resource` and wait for a head and a worker pod Running on `node` and
-    KubeRay's `ready`; the dashboard is reached through the head Service, with KubeRay's token."""
+    """Apply the volumes and the bare RayCluster of `resource`, and wait for a head and a worker pod Running
+    on the real node and KubeRay's `ready`; the dashboard is reached through the head Service, with
+    KubeRay's token."""
     name, namespace = resource.metadata.name, resource.metadata.namespace
     assert name and namespace
+    node = world.node_name
     start = time.monotonic()
+    apply_volumes(kube, world, namespace)
     kube.apply(bare_ray_cluster(resource), namespace)
 
     def both_running() -> list[dict[str, Any]] | None:

@@ -10,6 +10,8 @@ from typing import Any
 
 from kubernetes import client, config
 
+from hack.localcluster.procs import run
+
 
 @dataclass(frozen=True)
 class Kube:
@@ -22,12 +24,10 @@ class Kube:
     def kubectl(
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(self.kubectl_path), f"--kubeconfig={self.kubeconfig}", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        result = run(
+            [self.kubectl_path, f"--kubeconfig={self.kubeconfig}", *args],
+            stdin=stdin,
+            timeout=240,
             check=False,
         )
         if check and result.returncode != 0:

@@ -58,8 +58,19 @@ def _hf_token_env(spec: VLLMClusterSpec) -> list[dict[str, Any]]:
     return [_secret_env(HF_TOKEN_ENV, token)] if token else []
 
 
+# Ray's usage reporting probes the cloud metadata server (169.254.169.254) and calls an outside endpoint from
+# every pod: the Ray clusters the operator makes stay quiet. spec.engine.env can turn it on for the workers.
+RAY_USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
+
+
+def _quiet_ray_env(spec: VLLMClusterSpec) -> list[dict[str, Any]]:
+    if any(var.name == RAY_USAGE_STATS_ENV for var in spec.engine.env):
+        return []
+    return [{"name": RAY_USAGE_STATS_ENV, "value": "0"}]
+
+
 def _worker_env(spec: VLLMClusterSpec) -> list[dict[str, Any]]:
-    env = _hf_token_env(spec)
+    env = _quiet_ray_env(spec) + _hf_token_env(spec)
     if spec.engine.api_key_secret_ref:
         # vLLM reads VLLM_API_KEY when --api-key is absent: the key never appears in a Ray job request.
         env.append(_secret_env(API_KEY_ENV, spec.engine.api_key_secret_ref))
@@ -131,9 +142,7 @@ def _head_group(spec: VLLMClusterSpec, name: str) -> dict[str, Any]:
     container = _container(spec, HEAD_CONTAINER)
     if head.resources:
         container["resources"] = head.resources.to_wire()
-    env = _hf_token_env(spec)
-    if env:
-        container["env"] = env
+    container["env"] = [{"name": RAY_USAGE_STATS_ENV, "value": "0"}, *_hf_token_env(spec)]
     return {
         "rayStartParams": {**DEFAULT_HEAD_START_PARAMS, **head.ray_start_params},
         "template": _pod_template(
