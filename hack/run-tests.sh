@@ -24,5 +24,6 @@ sampler=$!
 kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
 echo "[run-tests] peak memory in use on the machine during the tests: $(cat "$peak_file") MiB"
 rm -f "$peak_file"
+$py -c 'import sys; sys.path.insert(0, "."); from hack.localcluster import network; print("[run-tests] network guard:", network.guard_counters())' || status=1
 $py hack/cluster.py down || { echo "cluster-down left things behind" >&2; status=1; }
 exit $status

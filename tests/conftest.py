@@ -53,8 +53,12 @@ def kube() -> Iterator[Kube]:
 def assert_nothing_left_the_machine() -> None:
     """Every packet of the cluster's pod and Service ranges stayed on this machine: the network guard's
     counters of such packets on the external interface are still 0."""
-    leaked = network.leaked()
-    assert not any(leaked.values()), f"cluster packets reached the external interface: {leaked}"
+    counters = network.guard_counters()
+    leaked = {k: v for k, v in counters.items() if k.startswith("leaked")}
+    assert not any(leaked.values()), f"cluster packets reached the external interface: {counters}"
+    # Not a failure: pods' attempts to reach outside addresses, refused at the bridge (kernel log:
+    # "rayvllm-egress:"), e.g. Ray's dashboard probing the cloud metadata address even with usage stats off.
+    print(f"\n[network guard] {counters}")
 
 
 @pytest.fixture

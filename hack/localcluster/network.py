@@ -5,7 +5,7 @@ range on this machine.
 Safety, found the hard way: a ClusterIP dialled before kube-proxy had written its rules left through the
 default route. So the Service and pod ranges are routed onto the bridge, kwok's fake ranges are routed
 `unreachable`, and an nftables table counts and drops any packet of those ranges on the external
-interface; `leaked()` reads its counters and the test session fails when they are not 0.
+interface; `guard_counters()` reads its counters and the test session fails when they are not 0.
 """
 
 from __future__ import annotations
@@ -132,6 +132,14 @@ class Network:
 table inet {GUARD_TABLE} {{
   counter leaked_out {{ }}
   counter leaked_in {{ }}
+  counter refused_egress {{ }}
+  chain forward {{
+    # Pods have no way beyond this machine: what they send to any address outside the cluster's ranges
+    # is refused right at the bridge (a reset, so the caller fails at once), counted and logged.
+    type filter hook forward priority -300; policy accept;
+    iifname "{BRIDGE}" ip daddr != {ranges} counter name refused_egress log prefix "rayvllm-egress: " level warn meta l4proto tcp reject with tcp reset
+    iifname "{BRIDGE}" ip daddr != {ranges} counter name refused_egress log prefix "rayvllm-egress: " level warn reject with icmpx type admin-prohibited
+  }}
   chain out {{
     type filter hook postrouting priority -300; policy accept;
     oifname {ifaces} ip daddr {ranges} counter name leaked_out {log} drop
@@ -159,11 +167,13 @@ def _structural(line: str) -> bool:
     return text.startswith(("table ", "chain ", "type ", "policy ", "}", "#")) or text == "{"
 
 
-def leaked() -> dict[str, int]:
-    """Packets of the cluster's ranges seen (and dropped) on the external interface since `up`."""
+def guard_counters() -> dict[str, int]:
+    """Packets of the cluster's ranges seen (and dropped) on the external interface since `up`
+    (`leaked_out`, `leaked_in`: must stay 0), and pod packets to outside addresses refused at the bridge
+    (`refused_egress`: third-party code in the images probing e.g. a cloud metadata address)."""
     out = run(["nft", "list", "counters", "table", "inet", GUARD_TABLE]).stdout
     counts = {name: int(value) for name, value in re.findall(r"counter (\w+) \{\s*packets (\d+)", out)}
-    if set(counts) != {"leaked_out", "leaked_in"}:
+    if set(counts) != {"leaked_out", "leaked_in", "refused_egress"}:
         raise CommandError(f"the network guard's counters are not all there: {out!r}")
     return counts
 
