@@ -186,6 +186,9 @@ state = "{state / "state"}"
                     "registerWithTaints": [{"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
                     "serializeImagePulls": False,
                     "maxPods": 30,
+                    # containerd 1.6's shim sometimes misses the exit of a killed Ray container; kubelet then
+                    # stops the sandbox once a CRI call timed out, which frees the pod (default: 2 min).
+                    "runtimeRequestTimeout": "45s",
                     "localStorageCapacityIsolation": False,
                     # No iptables chains of the kubelet on this machine (kube-proxy owns the rules it needs).
                     "makeIPTablesUtilChains": False,

@@ -7,7 +7,6 @@ Missing pieces FAIL the tests, they never skip them: a cluster without a real no
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -108,7 +107,3 @@ def in_cluster_operator(
         (tmp_path_factory.getbasetemp() / "in-cluster-operator.log").write_text(logs)
         release.uninstall()
         operator.start()
-
-
-def dump(obj: object) -> str:
-    return json.dumps(obj, indent=2, default=str)[-4000:]

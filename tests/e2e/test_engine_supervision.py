@@ -112,11 +112,14 @@ def pod_ip(kube: Kube, namespace: str, pod: str) -> str:
     return str(found["status"]["podIP"])
 
 
-def worker_pods(kube: Kube, namespace: str, name: str) -> dict[str, dict[str, Any]]:
+def worker_pods(
+    kube: Kube, namespace: str, name: str, *, terminating: bool = True
+) -> dict[str, dict[str, Any]]:
     return {
         p["metadata"]["name"]: p
         for p in pods_of(kube, namespace, name)
         if p["metadata"]["labels"].get("ray.io/node-type") == "worker"
+        and (terminating or not p["metadata"].get("deletionTimestamp"))
     }
 
 
@@ -179,6 +182,8 @@ def volumes(kube: Kube, namespace: str, real_node: RealNodeWorld) -> Iterator[No
     yield
 
 
+# Five model loads and a scale-down drain on two shared cores: past pytest's 600 s default.
+@pytest.mark.timeout(1800)
 def test_serve_scale_heal_adopt_recreate_delete(
     kube: Kube,
     namespace: str,
@@ -265,23 +270,33 @@ def test_serve_scale_heal_adopt_recreate_delete(
     with Load(base_url, served) as load:
         time.sleep(3)
         kube.kubectl("scale", f"vllm/{name}", "-n", namespace, "--replicas=1")
+        scaled_down = time.monotonic()
+        # KubeRay deletes exactly the retired engine's pod (workersToDelete): it is terminating, the other not.
         wait_for(
-            lambda: set(worker_pods(kube, namespace, name)) == {pods[0]},
+            lambda: set(worker_pods(kube, namespace, name, terminating=False)) == {pods[0]},
             timeout=180,
             interval=1,
-            what=f"only {pods[0]} left",
+            what=f"only {pods[0]} left (not terminating)",
         )
+        removed = time.monotonic()
         time.sleep(5)
+    # A Ray pod's PID 1 (KubeRay's bash) ignores SIGTERM, so its end takes the 30 s grace at least; with the
+    # engine's job stopped at the same moment, containerd 1.6's shim here missed the container's exit and
+    # the pod went only with its sandbox (after kubelet's runtimeRequestTimeout).
+    wait_for(
+        lambda: set(worker_pods(kube, namespace, name)) == {pods[0]},
+        timeout=420,
+        interval=2,
+        what=f"the retired pod gone, {pods[0]} left",
+    )
     assert load.sent >= 10 and load.failures == [], (load.sent, load.failures[:5])
     assert worker_pods(kube, namespace, name)[pods[0]]["metadata"]["uid"] == keep_uid
     obj = wait_ready(kube, namespace, name, replicas=1)
     assert list(engines(obj)) == [0] and engines(obj)[0]["podName"] == pods[0]
     assert jobs_of(kube, namespace, name)[retired_job] == "STOPPED"
-    report(
-        capsys,
-        "replicas 2 -> 1 under load",
-        {"requests": float(load.sent), "failed": float(len(load.failures))},
-    )
+    report(capsys, "replicas 2 -> 1 under load", {"retiredPodTerminating": removed - scaled_down})
+    with capsys.disabled():
+        print(f"[e2e measurement] requests during 2 -> 1: sent={load.sent}, failed={len(load.failures)}")
 
     # 5. Kill the vLLM process inside its pod -> noticed, restarted after backoff, Ready with restarts 1.
     running_id = engines(obj)[0]["submissionId"]
@@ -352,7 +367,7 @@ def test_serve_scale_heal_adopt_recreate_delete(
     # 8. Delete -> every job stopped first (the finalizer), then no pod and no vLLM process left.
     assert engine_server_pids(served), "no vLLM API server process found on this machine"
     kube.kubectl("delete", "vllm", name, "-n", namespace, "--timeout=180s")
-    wait_for(lambda: not pods_of(kube, namespace, name), timeout=180, interval=1, what="the Ray pods to go")
+    wait_for(lambda: not pods_of(kube, namespace, name), timeout=420, interval=1, what="the Ray pods to go")
     wait_for(lambda: not engine_server_pids(served), timeout=60, what="the vLLM processes to exit")
     assert kube.get_json("raycluster", name, "-n", namespace) is None
 

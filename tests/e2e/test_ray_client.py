@@ -32,9 +32,7 @@ def ray(kube: Kube, real_node: RealNodeWorld) -> Iterator[RayOnPods]:
     namespace = f"t-ray-client-{secrets.token_hex(3)}"
     kube.kubectl("create", "namespace", namespace)
     try:
-        started = start_ray_on_pods(
-            kube, tiny_sample("client", namespace, real_node.images.ray), real_node.node_name
-        )
+        started = start_ray_on_pods(kube, real_node, tiny_sample("client", namespace, real_node.images.ray))
         yield started
         stop_ray_on_pods(kube, started)
     finally:
