@@ -106,6 +106,18 @@ def served_requests(pod_ip: str) -> float:
     return sum(float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, flags=re.M))
 
 
+def serving_ips(kube: Kube, namespace: str, name: str) -> set[str]:
+    """The ready endpoints of the endpoint Service, from its EndpointSlices."""
+    found = kube.get_json("endpointslices", "-n", namespace, "-l", f"kubernetes.io/service-name={name}")
+    return {
+        address
+        for item in (found or {}).get("items", [])
+        for endpoint in item.get("endpoints") or []
+        if (endpoint.get("conditions") or {}).get("ready")
+        for address in endpoint.get("addresses", [])
+    }
+
+
 def pod_ip(kube: Kube, namespace: str, pod: str) -> str:
     found = kube.get_json("pod", pod, "-n", namespace)
     assert found, f"pod {pod} is gone"
@@ -316,7 +328,11 @@ def test_serve_scale_heal_adopt_recreate_delete(
     engine = engines(obj)[0]
     assert engine["submissionId"] != running_id and "attempt" in (engine.get("lastFailure") or "")
     assert any(e["reason"] == "EngineRestarting" for e in kube.events(namespace, name))
-    assert api.completions.create(model=served, prompt="again", max_tokens=4).choices
+    # A new connection (the old one went with the killed server), once the Service routes to the new engine.
+    wait_for(
+        lambda: serving_ips(kube, namespace, name) == {ips[0]}, timeout=60, what="the Service on the engine"
+    )
+    assert client(base_url).completions.create(model=served, prompt="again", max_tokens=4).choices
 
     # 6. Restart the operator (delete its pod) while the engine runs -> the job is adopted, none submitted.
     jobs_before = jobs_of(kube, namespace, name)
