@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hack.localcluster import dns, images, network
+from hack.localcluster.controlplane import COMPONENTS as CONTROL_PLANE
 from hack.localcluster.controlplane import ControlPlane, FakeNodePlan, Ports, Tools
+from hack.localcluster.node import COMPONENTS as NODE_COMPONENTS
 from hack.localcluster.node import NODE_NAME, NodePlan, RealNode, leftover_mounts
 from hack.localcluster.procs import REPO, Daemons, cache_dir, log
 
@@ -94,7 +96,7 @@ class Cluster:
         node_ok = (
             plan is None
             or plan.real_node is None
-            or all(self.daemons.running(n) for n in ("containerd", "kubelet", "kube-proxy", dns.COMPONENT))
+            or all(self.daemons.running(n) for n in (*NODE_COMPONENTS, dns.COMPONENT))
         )
         return node_ok and self.control_plane.running()
 
@@ -173,13 +175,7 @@ class Cluster:
         return found
 
     def status(self) -> dict[str, bool]:
-        names = (
-            *("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kuberay"),
-            "containerd",
-            "kubelet",
-            "kube-proxy",
-            dns.COMPONENT,
-        )
+        names = (*CONTROL_PLANE, *NODE_COMPONENTS, dns.COMPONENT)
         return {name: self.daemons.running(name) for name in names}
 
 

@@ -97,7 +97,10 @@ def in_cluster_operator(
     the real node; it reaches Ray dashboards through their head Services and engines on their pods. The
     integration tier's operator (on this machine, watching every namespace) is paused meanwhile: two
     operators must never reconcile one object."""
-    release = OperatorRelease(kube.kubeconfig, Tools.from_cache(), tmp_path_factory.mktemp("helm"))
+    # A namespace of its own: the integration tier installs manifests/install.yaml into rayvllm-system.
+    release = OperatorRelease(
+        kube.kubeconfig, Tools.from_cache(), tmp_path_factory.mktemp("helm"), namespace="rayvllm-e2e"
+    )
     operator.stop()
     try:
         release.install(real_node.images.operator, E2E_SETTINGS)
@@ -106,4 +109,5 @@ def in_cluster_operator(
         logs = release.logs()
         (tmp_path_factory.getbasetemp() / "in-cluster-operator.log").write_text(logs)
         release.uninstall()
+        kube.kubectl("delete", "namespace", release.namespace, "--wait=true", "--timeout=180s", check=False)
         operator.start()

@@ -77,14 +77,7 @@ def test_gcs_health_and_version(ray: RayOnPods) -> None:
 
 
 def test_cluster_resources(ray: RayOnPods) -> None:
-    # Availability comes from the autoscaler's report, which lags a new node by a few seconds; until
-    # then it is None (unknown), never a guess.
-    deadline = time.monotonic() + 60
-    while (cluster := run(lambda c: c.cluster_resources(), ray.dashboard_url, ray.token)).available(
-        ENGINE_SLOT_RESOURCE
-    ) is None:
-        assert time.monotonic() < deadline, "no availability for the worker after 60s"
-        time.sleep(1)
+    cluster = run(lambda c: c.cluster_resources(), ray.dashboard_url, ray.token)
     assert len(cluster.alive_nodes) == 2
     heads = [n for n in cluster.alive_nodes if n.is_head]
     workers = [n for n in cluster.alive_nodes if not n.is_head]
@@ -95,12 +88,14 @@ def test_cluster_resources(ray: RayOnPods) -> None:
     assert ENGINE_SLOT_RESOURCE not in heads[0].resources_total
     assert workers[0].resources_total[ENGINE_SLOT_RESOURCE] == 1.0
     assert cluster.total(ENGINE_SLOT_RESOURCE) == 1.0
-    assert cluster.gpus_total == 0.0
-    # Joined back from camelCase to the exact resource names.
-    available = cluster.available(ENGINE_SLOT_RESOURCE)
-    assert available is not None and 0.0 <= available <= 1.0
-    assert workers[0].resources_available is not None
-    assert set(workers[0].resources_available) == set(workers[0].resources_total)
+    # The worker's logical GPU: gpusPerWorker (1 in the sample), as the RayCluster builder declares it.
+    assert cluster.gpus_total == 1.0
+    # Availability comes from the autoscaler's report. Our RayCluster runs no in-tree autoscaler, so there
+    # is none (seen over 60 s in CI): unknown is None, never a guess, and the supervisor counts totals.
+    time.sleep(5)
+    cluster = run(lambda c: c.cluster_resources(), ray.dashboard_url, ray.token)
+    assert cluster.available(ENGINE_SLOT_RESOURCE) is None
+    assert all(n.resources_available is None for n in cluster.alive_nodes if not n.is_head)
 
 
 def test_engine_slot_job_lifecycle_on_the_worker(ray: RayOnPods) -> None:
@@ -116,6 +111,9 @@ def test_engine_slot_job_lifecycle_on_the_worker(ray: RayOnPods) -> None:
         entrypoint_num_cpus=0.5,
         entrypoint_resources={ENGINE_SLOT_RESOURCE: 1.0},
     )
+
+    second_sid = unique("e2e-second")
+    second = python_job(second_sid, "print('second')", entrypoint_resources={ENGINE_SLOT_RESOURCE: 1.0})
 
     async def scenario(client: RayDashboardClient) -> None:
         cluster = await client.cluster_resources()
@@ -146,11 +144,12 @@ def test_engine_slot_job_lifecycle_on_the_worker(ray: RayOnPods) -> None:
             assert "PROBE hello-from-runtime-env /opt/ray/bin/python" in logs
 
             assert sid in {j.submission_id for j in await client.list()}
-            # The one slot is taken: capacity shows it, once the autoscaler report catches up.
-            deadline = time.monotonic() + 30
-            while (await client.cluster_resources()).available(ENGINE_SLOT_RESOURCE) != 0.0:
-                assert time.monotonic() < deadline, "slot still shown available after 30s"
-                await asyncio.sleep(1)
+            # The one slot is taken: a second job that needs it waits (Ray's scheduler is the truth here; a
+            # KubeRay cluster without the in-tree autoscaler reports no fresh availability).
+            await client.submit(second)
+            await asyncio.sleep(3)
+            waiting = await client.get(second_sid)
+            assert waiting is not None and waiting.status == "PENDING", waiting
 
             with pytest.raises(RayRequestRejectedError, match="not terminal"):
                 await client.delete(sid)
@@ -158,6 +157,9 @@ def test_engine_slot_job_lifecycle_on_the_worker(ray: RayOnPods) -> None:
             assert await client.stop(sid) is True
         job = await wait_for(client, sid, lambda j: j.terminal, within=30)
         assert job.status == "STOPPED"
+        # The freed slot goes to the waiting job.
+        assert (await wait_for(client, second_sid, lambda j: j.terminal, within=120)).status == "SUCCEEDED"
+        assert await client.delete(second_sid) is True
         assert job.ended_at is not None
         assert await client.stop(sid) is False
         assert await client.delete(sid) is True
