@@ -217,9 +217,13 @@ def _secret_refs(spec: VLLMClusterSpec) -> Sequence[tuple[str, Any]]:
 
 def _is_ready(pod: Mapping[str, Any]) -> bool:
     status = pod.get("status") or {}
-    if status.get("phase") != "Running" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+    if status.get("phase") != "Running" or _deleting(pod):
         return False
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def _deleting(pod: Mapping[str, Any]) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _node_type(pod: Mapping[str, Any]) -> str:
@@ -227,11 +231,7 @@ def _node_type(pod: Mapping[str, Any]) -> str:
 
 
 def _live_workers(pods: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [
-        p["metadata"]["name"]
-        for p in pods
-        if _node_type(p) == "worker" and not (p.get("metadata") or {}).get("deletionTimestamp")
-    ]
+    return [p["metadata"]["name"] for p in pods if _node_type(p) == "worker" and not _deleting(p)]
 
 
 def _pod_counts(pods: Sequence[Mapping[str, Any]], spec_hash: str) -> PodCounts:
@@ -241,7 +241,7 @@ def _pod_counts(pods: Sequence[Mapping[str, Any]], spec_hash: str) -> PodCounts:
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
         return annotations.get(SPEC_HASH_ANNOTATION) == spec_hash
 
-    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    live = [p for p in pods if not _deleting(p)]
     return PodCounts(
         head_ready=any(_node_type(p) == "head" and _is_ready(p) and current(p) for p in pods),
         ready_workers=sum(_node_type(p) == "worker" and _is_ready(p) and current(p) for p in pods),
