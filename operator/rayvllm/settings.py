@@ -26,6 +26,26 @@ class Settings(BaseSettings):
             "(for an operator outside the cluster network). In-cluster this stays unset."
         ),
     )
+    starting_probe_seconds: float = Field(
+        1.5,
+        gt=0,
+        description=(
+            "While an engine is starting (or restarting, or draining), how often it is looked at, so Ready "
+            "follows the engine's first healthy answer within this time rather than at the next resync."
+        ),
+    )
+    probe_concurrency: int = Field(
+        32,
+        ge=1,
+        description="Ray dashboard and engine HTTP calls in flight at once, across every VLLMCluster.",
+    )
+    resync_jitter: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Each resync waits resync_seconds times a random factor in [1-jitter, 1+jitter], so "
+        "many objects do not supervise in lockstep.",
+    )
     http_timeout_seconds: float = Field(5.0, gt=0, description="Timeout of each Ray / engine HTTP call.")
     unhealthy_grace_seconds: float = Field(
         30.0,
