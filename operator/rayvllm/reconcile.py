@@ -19,6 +19,7 @@ from rayvllm.builders.labels import SERVING, SPEC_HASH_ANNOTATION
 from rayvllm.builders.raycluster import pod_spec_hash
 from rayvllm.errors import InvalidSpecError, RayError, TransientError
 from rayvllm.events import Event
+from rayvllm.identity import ClusterRef
 from rayvllm.k8s.resources import Kubernetes
 from rayvllm.models.resource import parse_cluster, parse_previous_status
 from rayvllm.models.spec import VLLMClusterSpec
@@ -91,9 +92,7 @@ async def reconcile(kube: Kubernetes, settings: Settings, body: Mapping[str, Any
             counts is not None and counts.head_ready and counts.ready_workers >= spec.desired_workers
         )
         ctx = EngineContext(
-            namespace=target.namespace,
-            name=target.name,
-            generation=target.generation,
+            ref=ClusterRef(target.namespace, target.name, target.uid, target.generation),
             spec=spec,
             settings=settings,
             now=now,
@@ -330,7 +329,8 @@ async def finalize(kube: Kubernetes, settings: Settings, body: Mapping[str, Any]
         spec = parse_cluster(body).spec
     except InvalidSpecError:
         return Outcome(status=None, events=events)  # never launched anything
-    ctx = EngineContext(target.namespace, target.name, target.generation, spec, settings, datetime.now(UTC))
+    ref = ClusterRef(target.namespace, target.name, target.uid, target.generation)
+    ctx = EngineContext(ref, spec, settings, datetime.now(UTC))
     async with await _dashboard(kube, settings, target.namespace, target.name) as ray:
         try:
             running = await Supervisor(ray, ctx).stop_all(engines)

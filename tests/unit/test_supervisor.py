@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from rayvllm.engine.failure import LAST_FAILURE_LIMIT, failure_text, log_tail, redact
+from rayvllm.engine.fingerprint import engine_config_hash
 from rayvllm.models import parse_spec
-from rayvllm.supervisor import LAST_FAILURE_LIMIT, engine_config_hash, failure_text, log_tail, redact
 
 
 def spec(**changes: Any) -> Any:

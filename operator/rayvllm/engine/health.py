@@ -7,35 +7,11 @@ port, connections are refused. /health is never behind the API key; /v1/* is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
-
 import httpx
 
-
-class EngineState(StrEnum):
-    READY = "Ready"
-    # Nothing listens yet: the process is starting or loading weights (or is gone: the job says which).
-    STARTING = "Starting"
-    # The server answers but the engine is dead (/health 5xx) or it is not vLLM (/health 4xx).
-    UNHEALTHY = "Unhealthy"
-    # No answer within the timeout: overloaded, or hung.
-    UNRESPONSIVE = "Unresponsive"
-    # Healthy, but /v1/models does not list the served model name.
-    MODEL_NOT_SERVED = "ModelNotServed"
-    # /v1/models refused the API key the operator holds.
-    UNAUTHORIZED = "Unauthorized"
-
-
-@dataclass(frozen=True)
-class EngineProbe:
-    state: EngineState
-    detail: str
-    served_models: tuple[str, ...] = ()
-
-    @property
-    def ready(self) -> bool:
-        return self.state is EngineState.READY
+# Re-exported (the `as` form): callers of the probe take its result types from here too.
+from rayvllm.engine.probe import EngineProbe as EngineProbe
+from rayvllm.engine.probe import EngineState as EngineState
 
 
 async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response | EngineProbe:

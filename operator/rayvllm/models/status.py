@@ -70,6 +70,14 @@ class EngineStatus(StatusModel):
         0, ge=0, description="Restarts after failures, counted against restartPolicy.maxRestarts."
     )
     ready: bool = Field(False, description="The engine answers /health and lists the served model.")
+    health: str | None = Field(
+        None,
+        max_length=32,
+        description=(
+            "What the engine's last health probe found: Ready, Starting, Unhealthy, Unresponsive, "
+            "ModelNotServed or Unauthorized. Unset from each submission until that attempt's first probe."
+        ),
+    )
     url: str | None = Field(None, max_length=1024, description="Where the engine's API server listens.")
     pod_name: str | None = Field(None, max_length=253, description="Pod that hosts the engine's API server.")
     started_at: datetime | None = Field(None, description="When the current attempt was submitted.")

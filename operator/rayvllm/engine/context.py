@@ -1,0 +1,31 @@
+"""What supervising the engines of one VLLMCluster needs to know about it and the world around them, for
+one pass. Plain values: the decisions (engine.decide) read it, the executor (supervisor) acts within it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+
+from rayvllm.engine.fingerprint import engine_config_hash
+from rayvllm.identity import ClusterRef
+from rayvllm.models.spec import VLLMClusterSpec
+from rayvllm.settings import Settings
+
+
+@dataclass(frozen=True)
+class EngineContext:
+    ref: ClusterRef
+    spec: VLLMClusterSpec
+    settings: Settings
+    now: datetime
+    api_key: str | None = None
+    """Never logged or stored: the executor probes /v1/models with it the way clients call it."""
+    pod_by_ip: Mapping[str, str] = field(default_factory=dict)
+    """Ray pods by IP: on KubeRay a Ray node's IP is its pod's IP, which finds the pod hosting an engine."""
+
+    @cached_property
+    def config_hash(self) -> str:
+        """Computed once per pass, not once per replica."""
+        return engine_config_hash(self.spec)

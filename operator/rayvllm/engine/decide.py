@@ -1,0 +1,307 @@
+"""The engine supervisor's decisions, as pure functions (after KubeRay's `shouldDeletePod`: a verdict and its
+reason). No I/O and no clock: what needs I/O (the Ray job, the engine's probe, the cluster's free slots)
+arrives as values, `now` with the EngineContext. rayvllm.supervisor observes, asks, and carries out.
+
+One pass over a VLLMCluster's engines:
+- `leaving_records`: engines past spec.replicas, or all of them when suspended: drained, then retired;
+- `replica_records`: one record per index 0..replicas-1, a new engine where there is none;
+- `watched`: which of those have a job to GET (and, while it runs at a known address, to probe);
+- `plan_replicas`: `decide` for each replica in index order, so submissions never exceed the free slots;
+- `requeue_after`: how soon to look again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from rayvllm.engine.actions import (
+    Action,
+    Drain,
+    GiveUp,
+    MarkReady,
+    Restart,
+    Retire,
+    Submit,
+    Unhealthy,
+    Wait,
+    Waiting,
+    takes_slot,
+)
+from rayvllm.engine.context import EngineContext
+from rayvllm.engine.job import EngineRef, submission_id
+from rayvllm.engine.probe import EngineProbe
+from rayvllm.models.spec import ENGINE_SLOT_RESOURCE, VLLMClusterSpec
+from rayvllm.models.status import EngineStatus
+from rayvllm.ray.types import ClusterResources, JobInfo
+
+RETIRED_SUSPENDED = "suspended"
+RETIRED_SCALED_DOWN = "scaled down"
+RETIRED_RECREATED = "engine settings changed (upgradeStrategy Recreate)"
+JOB_GONE = "the Ray job is gone (Ray head restarted without GCS fault tolerance?)"
+# Sooner than this is not worth a pass: a backoff about to end is looked at once it has.
+MIN_REQUEUE_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the executor saw of a watched engine: its Ray job (None: Ray does not know it) and, when the job
+    runs at a known address, the engine's probe (None: not probed)."""
+
+    job: JobInfo | None
+    probe: EngineProbe | None = None
+
+
+NOT_WATCHED = Observed(job=None)
+
+
+# ---- which engines, and what to observe -------------------------------------------------------------
+
+
+def new_engine(index: int, ctx: EngineContext) -> EngineStatus:
+    """A replica with no job yet, running this generation's engine settings."""
+    return EngineStatus(index=index, generation=ctx.ref.generation, config_hash=ctx.config_hash)
+
+
+def is_leaving(record: EngineStatus, spec: VLLMClusterSpec) -> bool:
+    return spec.suspend or record.index >= spec.replicas
+
+
+def _by_index(previous: Sequence[EngineStatus]) -> dict[int, EngineStatus]:
+    # status.engines is a list-map keyed by index; should one repeat anyway, the later entry wins.
+    return {record.index: record for record in previous}
+
+
+def leaving_records(previous: Sequence[EngineStatus], spec: VLLMClusterSpec) -> list[EngineStatus]:
+    by_index = _by_index(previous)
+    return [by_index[i] for i in sorted(by_index) if is_leaving(by_index[i], spec)]
+
+
+def replica_records(previous: Sequence[EngineStatus], ctx: EngineContext) -> list[EngineStatus]:
+    """Empty when suspended: every engine is leaving."""
+    if ctx.spec.suspend:
+        return []
+    by_index = _by_index(previous)
+    return [by_index.get(i) or new_engine(i, ctx) for i in range(ctx.spec.replicas)]
+
+
+def watched(record: EngineStatus, ctx: EngineContext) -> bool:
+    """The engine stays and has a job of its current settings: `decide` needs that job observed."""
+    return (
+        not is_leaving(record, ctx.spec)
+        and record.config_hash == ctx.config_hash
+        and record.submission_id is not None
+    )
+
+
+def probe_address(job: JobInfo | None, ctx: EngineContext) -> str | None:
+    """Where to probe the engine (http://host:port): only a RUNNING job has one, once Ray says which node
+    runs it (or settings point elsewhere)."""
+    if job is None or job.status != "RUNNING":
+        return None
+    host = ctx.settings.engine_host_override or job.driver_node_ip
+    return f"http://{host}:{ctx.spec.engine.port}" if host else None
+
+
+def free_engine_slots(resources: ClusterResources, spec: VLLMClusterSpec) -> int:
+    """How many engines may be submitted now: free API-server slots on GPU workers (the total when the
+    cluster does not report availability) and, for the ray executor, enough GPUs in the cluster for every
+    engine the spec asks for."""
+    if spec.engine.executor_backend == "ray" and resources.gpus_total < spec.total_gpus:
+        return 0
+    slots = resources.available(ENGINE_SLOT_RESOURCE)
+    return int(resources.total(ENGINE_SLOT_RESOURCE) if slots is None else slots)
+
+
+# ---- the decision for one replica --------------------------------------------------------------------
+
+
+def decide(
+    record: EngineStatus,
+    job: JobInfo | None,
+    probe: EngineProbe | None,
+    ctx: EngineContext,
+    *,
+    may_submit: bool,
+    slot_free: bool,
+) -> Action:
+    """What to do about one engine this pass.
+
+    `job` and `probe` are read only for a `watched` engine: its job as Ray reports it (None: Ray does not
+    know it) and its probe (None: not probed). `may_submit`: the RayCluster is ready and its GCS healthy.
+    `slot_free`: an engine slot is free for a submission (see `plan_replicas`)."""
+    spec = ctx.spec
+    if spec.suspend:
+        return Retire(record, RETIRED_SUSPENDED)
+    if record.index >= spec.replicas:
+        return Retire(record, RETIRED_SCALED_DOWN) if _drained(record, ctx) else _drain(record, ctx)
+    if record.config_hash != ctx.config_hash:
+        fresh = new_engine(record.index, ctx)
+        replacement = _submit_or_wait(fresh, ctx, may_submit=may_submit, slot_free=slot_free)
+        return Retire(record, RETIRED_RECREATED, replacement)
+    if record.submission_id is None:
+        return _submit_or_wait(record, ctx, may_submit=may_submit, slot_free=slot_free)
+    return _judge_job(record, job, probe, ctx)
+
+
+def _submit_or_wait(
+    record: EngineStatus, ctx: EngineContext, *, may_submit: bool, slot_free: bool
+) -> Submit | Wait:
+    if record.budget_exhausted:
+        return Wait(record, Waiting.BUDGET_SPENT)
+    if not may_submit:
+        return Wait(record, Waiting.NOT_SUBMITTABLE)
+    if record.restart_after is not None and ctx.now < record.restart_after:
+        return Wait(record, Waiting.BACKOFF)
+    if not slot_free:
+        return Wait(record, Waiting.NO_FREE_SLOT)
+    engine = EngineRef(ctx.ref.namespace, ctx.ref.name, record.index, record.generation or 0, record.attempt)
+    pending = record.model_copy(
+        update={
+            "submission_id": submission_id(engine),
+            "job_status": "PENDING",
+            "started_at": ctx.now,
+            "restart_after": None,
+            "unhealthy_since": None,
+            "ready": False,
+            "health": None,
+        }
+    )
+    return Submit(engine, pending)
+
+
+def _judge_job(
+    record: EngineStatus, job: JobInfo | None, probe: EngineProbe | None, ctx: EngineContext
+) -> Action:
+    if job is None:
+        return _fail(record, JOB_GONE, ctx, job_may_run=True)
+    record = record.model_copy(update={"job_status": job.status})
+    if job.terminal:
+        detail = f": {job.message}" if job.message else ""
+        return _fail(record, f"Ray job {job.status}{detail}", ctx, job_may_run=False)
+    startup_over = _startup_timed_out(record, ctx)
+    if job.status == "PENDING":
+        if startup_over:
+            reason = f"Ray job still PENDING after startupTimeoutSeconds: {job.message or 'no resources?'}"
+            return _fail(record, reason, ctx, job_may_run=True)
+        return Wait(record, Waiting.PENDING)
+    url = probe_address(job, ctx)
+    if url is None:
+        return Wait(record, Waiting.NO_ADDRESS)
+    if probe is None:
+        return Wait(record, Waiting.NOT_PROBED)
+    record = record.model_copy(
+        update={
+            "url": f"{url}/v1",
+            "pod_name": ctx.pod_by_ip.get(job.driver_node_ip or ""),
+            "health": probe.state.value,
+        }
+    )
+    return _judge_probe(record, probe, startup_over, ctx)
+
+
+def _judge_probe(record: EngineStatus, probe: EngineProbe, startup_over: bool, ctx: EngineContext) -> Action:
+    if probe.ready:
+        serving = record.model_copy(update={"ready": True, "unhealthy_since": None})
+        return Wait(serving, Waiting.SERVING) if record.ready else MarkReady(serving)
+    grace = ctx.settings.unhealthy_grace_seconds
+    if record.ready or record.unhealthy_since is not None:
+        # Once ready, an engine is given a grace period: a busy engine may miss a probe or two.
+        since = record.unhealthy_since or ctx.now
+        if ctx.now - since >= timedelta(seconds=grace):
+            return _fail(
+                record, f"engine unhealthy for over {grace:.0f}s: {probe.detail}", ctx, job_may_run=True
+            )
+        return Unhealthy(record.model_copy(update={"ready": False, "unhealthy_since": since}), probe.detail)
+    if startup_over:
+        timeout = ctx.spec.engine.startup_timeout_seconds
+        reason = f"not ready within startupTimeoutSeconds ({timeout}s): {probe.detail}"
+        return _fail(record, reason, ctx, job_may_run=True)
+    return Wait(record, Waiting.STARTING)
+
+
+def _fail(record: EngineStatus, reason: str, ctx: EngineContext, *, job_may_run: bool) -> Restart | GiveUp:
+    policy = ctx.spec.restart_policy
+    if record.restarts >= policy.max_restarts:
+        return GiveUp(record, reason, stop_job=job_may_run, max_restarts=policy.max_restarts)
+    return Restart(
+        record,
+        reason,
+        stop_job=job_may_run,
+        max_restarts=policy.max_restarts,
+        delay_seconds=policy.backoff_before_restart(record.restarts),
+        now=ctx.now,
+    )
+
+
+def _startup_timed_out(record: EngineStatus, ctx: EngineContext) -> bool:
+    """Only an engine that never became ready since this attempt started: a once-ready one has the
+    unhealthy grace instead."""
+    if record.started_at is None or record.ready or record.unhealthy_since is not None:
+        return False
+    return ctx.now - record.started_at > timedelta(seconds=ctx.spec.engine.startup_timeout_seconds)
+
+
+def _drained(record: EngineStatus, ctx: EngineContext) -> bool:
+    """Nothing to drain (it never served, or it has no pod), or it has been out of the Service long
+    enough."""
+    if record.draining_since is None:
+        return not record.ready or record.pod_name is None
+    return ctx.now - record.draining_since >= timedelta(seconds=ctx.settings.drain_seconds)
+
+
+def _drain(record: EngineStatus, ctx: EngineContext) -> Drain:
+    since = record.draining_since or ctx.now
+    draining = record.model_copy(update={"ready": False, "draining_since": since})
+    return Drain(draining, started=record.draining_since is None, drain_seconds=ctx.settings.drain_seconds)
+
+
+# ---- several replicas, and the next look -------------------------------------------------------------
+
+
+def plan_replicas(
+    records: Sequence[EngineStatus],
+    observed: Mapping[int, Observed],
+    ctx: EngineContext,
+    *,
+    may_submit: bool,
+    free_slots: int,
+) -> list[Action]:
+    """`decide` for each staying replica, in index order: each submission takes one of `free_slots`, so no
+    more jobs are submitted than the cluster has room for (the lower indices first). `observed` must hold
+    every `watched` record's index."""
+    actions: list[Action] = []
+    for record in records:
+        seen = observed[record.index] if watched(record, ctx) else NOT_WATCHED
+        action = decide(record, seen.job, seen.probe, ctx, may_submit=may_submit, slot_free=free_slots > 0)
+        if takes_slot(action):
+            free_slots -= 1
+        actions.append(action)
+    return actions
+
+
+def requeue_after(engines: Sequence[EngineStatus], ctx: EngineContext) -> float | None:
+    """How soon to look at these engines again, or None when the normal resync will do.
+
+    Soon (settings.starting_probe_seconds) while an engine is submitted, pending, starting, unhealthy
+    within its grace, or draining, so Ready (or a restart) follows the engine rather than the resync
+    period; the rest of the backoff while an engine waits to be restarted. An engine that serves, has
+    given up, or waits for the cluster (not ready, no free slot) changes with the world, not the clock:
+    the resync looks again."""
+    soonest: float | None = None
+    for engine in engines:
+        wait = _look_again(engine, ctx)
+        if wait is not None and (soonest is None or wait < soonest):
+            soonest = wait
+    return soonest
+
+
+def _look_again(engine: EngineStatus, ctx: EngineContext) -> float | None:
+    if engine.budget_exhausted:
+        return None
+    if engine.draining_since is not None or (engine.submission_id is not None and not engine.ready):
+        return ctx.settings.starting_probe_seconds
+    if engine.submission_id is None and engine.restart_after is not None and ctx.now < engine.restart_after:
+        return max((engine.restart_after - ctx.now).total_seconds(), MIN_REQUEUE_SECONDS)
+    return None

@@ -1,0 +1,32 @@
+"""What one health probe of an engine found, as plain values. Pure: the probing itself (HTTP) is in
+engine.health, so the supervisor's decisions can take a probe's result without importing an HTTP client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class EngineState(StrEnum):
+    READY = "Ready"
+    # Nothing listens yet: the process is starting or loading weights (or is gone: the job says which).
+    STARTING = "Starting"
+    # The server answers but the engine is dead (/health 5xx) or it is not vLLM (/health 4xx).
+    UNHEALTHY = "Unhealthy"
+    # No answer within the timeout: overloaded, or hung.
+    UNRESPONSIVE = "Unresponsive"
+    # Healthy, but /v1/models does not list the served model name.
+    MODEL_NOT_SERVED = "ModelNotServed"
+    # /v1/models refused the API key the operator holds.
+    UNAUTHORIZED = "Unauthorized"
+
+
+@dataclass(frozen=True)
+class EngineProbe:
+    state: EngineState
+    detail: str
+    served_models: tuple[str, ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        return self.state is EngineState.READY
