@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator
 
-.PHONY: venv node-packages tools ray-env cluster-up cluster-down lint typecheck unit test demo demo-down clean
+.PHONY: venv node-packages tools ray-env cluster-up cluster-down lint typecheck unit test demo demo-down bench clean
 
 $(PY): pyproject.toml requirements.lock
 	$(PYTHON) -m pip install -q uv==0.13.8
@@ -39,6 +39,7 @@ cluster-down: venv
 lint: venv tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 	bash hack/lint-dockerfile.sh
 	$(PY) hack/render-manifests.py --check
 
@@ -58,6 +59,11 @@ demo: venv tools ray-env
 
 demo-down: venv
 	$(PY) hack/demo.py --stop
+
+## bench: the control-loop benchmark (kwok nodes, Ray unreachable, beside KubeRay) on its own loopback cluster;
+## prints a markdown table. BENCH_ARGS="--quick", or e.g. "--n 100 1000 --operator-root PATH --out FILE"
+bench: venv tools
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean: cluster-down
 	rm -rf .cluster

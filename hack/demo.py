@@ -31,8 +31,12 @@ from hack.localcluster.helm_release import OperatorRelease  # noqa: E402
 from hack.localcluster.images import refs  # noqa: E402
 from hack.localcluster.procs import log as _log  # noqa: E402
 from hack.localcluster.procs import run  # noqa: E402
-from hack.localcluster.workloads import generate_tiny_model, on_real_node, volumes  # noqa: E402
-from rayvllm.engine.job import CPU_TEST_ENV  # noqa: E402
+from hack.localcluster.workloads import (  # noqa: E402
+    CPU_ENGINE_ENV,
+    generate_tiny_model,
+    on_real_node,
+    volumes,
+)
 
 NAMESPACE, NAME = "demo", "tiny-cpu"
 SAMPLE = REPO / "manifests" / "samples" / "tiny-cpu.yaml"
@@ -100,7 +104,7 @@ def main() -> int:
 
     images = refs()
     operator = release()
-    operator.install(images.operator, {"resyncSeconds": 5, "engineJobEnv": dict(CPU_TEST_ENV)})
+    operator.install(images.operator, {"resyncSeconds": 5, "engineJobEnv": dict(CPU_ENGINE_ENV)})
     marks["operator installed"] = time.monotonic() - started
 
     kubectl(

@@ -20,6 +20,15 @@ REAL_NODE_TOLERATION = {"key": TAINT_KEY, "operator": "Equal", "value": "true", 
 REAL_NODE_SELECTOR = {NODE_LABEL: "true"}
 # Two cores: a head and two workers must fit the node's allocatable CPU. KubeRay rounds a worker's CPU up
 # for `ray start --num-cpus`, so 800m still gives each worker one Ray CPU for the engine's entrypoint.
+# Environment for vLLM's CPU build serving the tiny model: a 1 GiB KV cache (the default takes a share of
+# host memory), no Hugging Face Hub access, no usage reporting. The chart passes it to every engine
+# (settings.engineJobEnv) in the e2e tier and the demo only.
+CPU_ENGINE_ENV: dict[str, str] = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
 HEAD_RESOURCES = {"requests": {"cpu": "200m", "memory": "1Gi"}}
 WORKER_RESOURCES = {"requests": {"cpu": "800m", "memory": "2Gi"}}
 

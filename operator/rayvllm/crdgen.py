@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from rayvllm import API_GROUP, API_VERSION, KIND, PLURAL
+from rayvllm.errors import SchemaError
 from rayvllm.models.resource import VLLMCluster
 
 SINGULAR = KIND.lower()
@@ -61,10 +62,6 @@ _COPIED_KEYWORDS = (
     "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys",
 )
-
-
-class SchemaError(ValueError):
-    """The models produced something a structural CRD schema cannot express."""
 
 
 class _Converter:

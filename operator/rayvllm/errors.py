@@ -30,6 +30,10 @@ class KubernetesError(TransientError):
     """The Kubernetes API answered with an error that may go away (5xx, 409, 429, timeouts)."""
 
 
+class KubernetesNotFoundError(KubernetesError):
+    """The object asked for does not exist (HTTP 404)."""
+
+
 class KubernetesRejectedError(PermanentError):
     """The Kubernetes API refused a request as invalid or forbidden (400, 403, 422)."""
 
@@ -44,3 +48,20 @@ class RayError(TransientError):
 
 class RayAuthError(PermanentError):
     """The Ray dashboard refused our credentials (401/403)."""
+
+
+class RayRequestRejectedError(PermanentError):
+    """The dashboard refused a request as invalid (4xx other than 401/403/404): the same request
+    will fail again."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class MalformedResponseError(ValueError):
+    """A Ray dashboard answer lacked a field its parser relies on."""
+
+
+class SchemaError(ValueError):
+    """The API models produced something a structural CRD schema cannot express."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal
 
 
 @dataclass(frozen=True)
 class Event:
-    """`reason` is stable CamelCase: alerts and tests may match on it."""
+    """`reason` is stable CamelCase, one of the project's vocabularies (reasons.EventReason and Reason, or
+    models.status.Phase for a phase change): alerts and tests may match on it."""
 
     type: Literal["Normal", "Warning"]
-    reason: str
+    reason: StrEnum
     message: str

@@ -20,7 +20,9 @@ class ClusterRef:
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> ClusterRef:
         meta = body["metadata"]
-        return cls(meta["namespace"], meta["name"], str(meta.get("uid") or ""), int(meta.get("generation") or 0))
+        return cls(
+            meta["namespace"], meta["name"], str(meta.get("uid") or ""), int(meta.get("generation") or 0)
+        )
 
     @property
     def key(self) -> tuple[str, str]:

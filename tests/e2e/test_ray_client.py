@@ -15,7 +15,7 @@ from typing import TypeVar
 import pytest
 
 from rayvllm.errors import RayAuthError, RayError
-from rayvllm.models import ENGINE_SLOT_RESOURCE
+from rayvllm.placement import ENGINE_SLOT_RESOURCE
 from rayvllm.ray import JobInfo, JobSubmitRequest, RayDashboardClient, RayRequestRejectedError, RetryPolicy
 from tests.e2e.realnode import RayOnPods, RealNodeWorld, start_ray_on_pods, stop_ray_on_pods, tiny_sample
 from tests.support.kube import Kube

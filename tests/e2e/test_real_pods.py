@@ -14,8 +14,9 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from rayvllm.engine.job import CPU_TEST_ENV, EngineJobOptions, EngineRef, build_engine_job
-from rayvllm.models import ENGINE_SLOT_RESOURCE
+from hack.localcluster.workloads import CPU_ENGINE_ENV
+from rayvllm.engine.job import EngineJobOptions, EngineRef, build_engine_job
+from rayvllm.placement import ENGINE_SLOT_RESOURCE
 from rayvllm.ray import JobInfo, RayDashboardClient
 from tests.e2e.realnode import RealNodeWorld, start_ray_on_pods, stop_ray_on_pods, tiny_sample
 from tests.support.kube import Kube
@@ -36,7 +37,7 @@ def test_ray_cluster_on_real_pods_serves_an_engine(
     job = build_engine_job(
         resource.spec,
         EngineRef(namespace, name, replica=0, generation=1, attempt=0),
-        EngineJobOptions(extra_env=dict(CPU_TEST_ENV)),
+        EngineJobOptions(extra_env=dict(CPU_ENGINE_ENV)),
     )
 
     async def submit_and_wait_running() -> JobInfo:

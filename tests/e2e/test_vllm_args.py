@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from rayvllm.engine import VLLM_SERVER_MODULE, EngineRef, build_engine_job
+from rayvllm.engine.args import VLLM_SERVER_MODULE
+from rayvllm.engine.job import EngineRef, build_engine_job
 from rayvllm.models import VLLMClusterSpec, parse_cluster
 
 from .conftest import RayVenv

@@ -17,14 +17,15 @@ from rayvllm.k8s.api import connect
 from rayvllm.k8s.resources import Kubernetes
 from rayvllm.models import parse_spec
 from rayvllm.models.status import EngineStatus
-from rayvllm.reconcile import RAY_CLUSTER_LABEL, label_serving_pods
-from rayvllm.settings import Settings
+from rayvllm.observed import pod_view
+from rayvllm.reconcile import label_serving_pods
 from tests.support.kube import Kube
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
 NAME = "svc"
+RAY_CLUSTER_LABEL = "ray.io/cluster"
 SPEC = parse_spec({"model": {"source": "hf://org/model"}, "ray": {"image": "img"}})
 
 
@@ -45,8 +46,8 @@ def relabel(kube: Kube, namespace: str, engines: list[EngineStatus]) -> None:
     async def run() -> None:
         async with connect(str(kube.kubeconfig)) as api:
             k8s = Kubernetes(api, "rayvllm")
-            pods = await k8s.list_pods(namespace, f"{RAY_CLUSTER_LABEL}={NAME}")
-            await label_serving_pods(k8s, namespace, pods, engines, Settings())
+            pods = [pod_view(p) for p in kube.get_json("pods", "-n", namespace)["items"]]
+            await label_serving_pods(k8s, namespace, pods, engines, "rayvllm-serving")
 
     asyncio.run(run())
 

@@ -17,7 +17,8 @@ from hack.localcluster.controlplane import Tools
 from rayvllm.builders import build_ray_cluster, build_service, ray_auth_secret_name
 from rayvllm.builders.labels import CLUSTER_LABEL, SERVING_LABEL, cluster_labels
 from rayvllm.builders.raycluster import HF_TOKEN_ENV
-from rayvllm.models import ENGINE_SLOT_RESOURCE, VLLMCluster, VLLMClusterSpec, parse_cluster
+from rayvllm.models import VLLMCluster, VLLMClusterSpec, parse_cluster
+from rayvllm.placement import ENGINE_SLOT_RESOURCE
 
 from .crdtools import schema_errors
 from .inputs import load_yaml

@@ -45,8 +45,8 @@ from rayvllm.engine.probe import EngineProbe, EngineState
 from rayvllm.events import Event
 from rayvllm.identity import ClusterRef
 from rayvllm.models import EngineStatus, VLLMClusterSpec
-from rayvllm.models.spec import ENGINE_SLOT_RESOURCE
-from rayvllm.ray.types import ClusterResources, JobInfo, RayNode
+from rayvllm.models.rayapi import ClusterResources, JobInfo, RayNode
+from rayvllm.placement import ENGINE_SLOT_RESOURCE
 from rayvllm.settings import Settings
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)

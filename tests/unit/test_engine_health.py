@@ -9,7 +9,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from rayvllm.engine import EngineProbe, EngineState, probe_engine
+from rayvllm.engine.health import probe_engine
+from rayvllm.engine.probe import EngineProbe, EngineState
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -10,19 +10,13 @@ from typing import Any
 import pytest
 import yaml
 
-from rayvllm.engine import (
-    CPU_TEST_ENV,
-    STOP_WAIT_ENV,
-    EngineJobOptions,
-    EngineRef,
-    build_engine_job,
-    submission_id,
-    vllm_server_args,
-)
-from rayvllm.engine.args import shutdown_timeout_seconds
+from hack.localcluster.workloads import CPU_ENGINE_ENV
+from rayvllm.engine.args import shutdown_timeout_seconds, vllm_server_args
+from rayvllm.engine.job import STOP_WAIT_ENV, EngineJobOptions, EngineRef, build_engine_job, submission_id
 from rayvllm.errors import InvalidSpecError
-from rayvllm.models import ENGINE_SLOT_RESOURCE, VLLMClusterSpec, parse_cluster
+from rayvllm.models import VLLMClusterSpec, parse_cluster
 from rayvllm.models.spec import OWNED_ENGINE_FLAGS
+from rayvllm.placement import ENGINE_SLOT_RESOURCE
 
 from .inputs import SAMPLES, load_yaml
 
@@ -94,7 +88,7 @@ def test_tp4_pp2_ray_job_request() -> None:
 def test_tiny_cpu_job_request_with_local_options() -> None:
     ref = EngineRef(namespace="default", name="tiny-cpu", replica=0, generation=1, attempt=2)
     options = EngineJobOptions(
-        host="127.0.0.1", python="/venv/bin/python", entrypoint_num_cpus=0.5, extra_env=CPU_TEST_ENV
+        host="127.0.0.1", python="/venv/bin/python", entrypoint_num_cpus=0.5, extra_env=CPU_ENGINE_ENV
     )
     request = build_engine_job(sample_spec("tiny-cpu"), ref, options)
     assert request.to_wire() == yaml.safe_load(EXPECTED_TINY_CPU_LOCAL)
@@ -154,7 +148,7 @@ def test_no_secret_reaches_the_job_request() -> None:
 
 def test_spec_env_overrides_operator_env_but_not_the_stop_wait() -> None:
     spec = spec_with(env=[{"name": "HF_HUB_OFFLINE", "value": "0"}, {"name": STOP_WAIT_ENV, "value": "1"}])
-    request = build_engine_job(spec, REF, EngineJobOptions(extra_env=CPU_TEST_ENV))
+    request = build_engine_job(spec, REF, EngineJobOptions(extra_env=CPU_ENGINE_ENV))
     assert request.runtime_env is not None
     env = request.runtime_env["env_vars"]
     assert env["HF_HUB_OFFLINE"] == "0"

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from rayvllm.identity import ClusterRef
 from rayvllm.models import ConditionType, EngineStatus, Phase, VLLMClusterSpec, VLLMClusterStatus
 from rayvllm.status import Observation, PodCounts, Problem, Reason, compute_status
 
@@ -86,9 +87,7 @@ def _observe(
     generation: int = 3,
 ) -> Observation:
     return Observation(
-        name=NAME,
-        namespace=NAMESPACE,
-        generation=generation,
+        ref=ClusterRef(NAMESPACE, NAME, "uid-1", generation),
         spec=spec or _spec(),
         ray_cluster=ray_cluster,
         pods=pods,

@@ -17,11 +17,11 @@ from rayvllm.builders.meta import child_metadata
 from rayvllm.models.kube import ResourceRequirements, SecretKeyRef
 from rayvllm.models.spec import (
     DEFAULT_HEAD_START_PARAMS,
-    ENGINE_SLOT_RESOURCE,
     MODEL_PVC_MOUNT_ROOT,
     SHM_MOUNT_PATH,
     VLLMClusterSpec,
 )
+from rayvllm.placement import ENGINE_SLOT_RESOURCE
 from rayvllm.workers import WorkerPlan
 
 RAY_API_VERSION = "ray.io/v1"

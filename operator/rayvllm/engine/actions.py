@@ -13,6 +13,7 @@ from rayvllm.engine.failure import failure_text
 from rayvllm.engine.job import EngineRef
 from rayvllm.events import Event
 from rayvllm.models.status import EngineStatus
+from rayvllm.reasons import EventReason
 
 
 class Waiting(StrEnum):
@@ -45,7 +46,11 @@ class MarkReady:
 
     @property
     def events(self) -> tuple[Event, ...]:
-        return (Event("Normal", "EngineReady", f"engine {self.record.index}: ready at {self.record.url}"),)
+        return (
+            Event(
+                "Normal", EventReason.ENGINE_READY, f"engine {self.record.index}: ready at {self.record.url}"
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class Submit:
         """Posted only when the submission created a job."""
         return Event(
             "Normal",
-            "EngineSubmitted",
+            EventReason.ENGINE_SUBMITTED,
             f"engine {self.pending.index}: submitted Ray job {self.pending.submission_id} "
             f"(attempt {self.pending.attempt})",
         )
@@ -132,7 +137,7 @@ class Restart(_Failure):
             f"engine {self.failed.index}: {self.reason}; restart {self.failed.restarts + 1}/"
             f"{self.max_restarts} in {self.delay_seconds}s"
         )
-        return (Event("Warning", "EngineRestarting", message),)
+        return (Event("Warning", EventReason.ENGINE_RESTARTING, message),)
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ class GiveUp(_Failure):
             f"engine {self.failed.index}: {self.reason}; restartPolicy.maxRestarts ({self.max_restarts}) "
             "spent, giving up"
         )
-        return (Event("Warning", "EngineFailed", message),)
+        return (Event("Warning", EventReason.ENGINE_FAILED, message),)
 
 
 @dataclass(frozen=True)
@@ -166,12 +171,18 @@ class Retire:
         events = []
         if sid:
             events.append(
-                Event("Normal", "EngineStopped", f"engine {index}: stopped Ray job {sid} ({self.why})")
+                Event(
+                    "Normal",
+                    EventReason.ENGINE_STOPPED,
+                    f"engine {index}: stopped Ray job {sid} ({self.why})",
+                )
             )
         if self.replacement is not None:
             events.append(
                 Event(
-                    "Normal", "EngineRecreating", f"engine {index}: settings changed, starting a new engine"
+                    "Normal",
+                    EventReason.ENGINE_RECREATING,
+                    f"engine {index}: settings changed, starting a new engine",
                 )
             )
         return tuple(events)
@@ -192,7 +203,7 @@ class Drain:
         if not self.started:
             return ()
         message = f"engine {self.record.index}: scaled down; out of the Service, stopping in {self.drain_seconds:g}s"
-        return (Event("Normal", "EngineDraining", message),)
+        return (Event("Normal", EventReason.ENGINE_DRAINING, message),)
 
 
 Action = Wait | MarkReady | Unhealthy | Submit | Restart | GiveUp | Retire | Drain

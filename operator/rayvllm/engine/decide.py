@@ -32,9 +32,10 @@ from rayvllm.engine.actions import (
 from rayvllm.engine.context import EngineContext
 from rayvllm.engine.job import EngineRef, submission_id
 from rayvllm.engine.probe import EngineProbe
-from rayvllm.models.spec import ENGINE_SLOT_RESOURCE, VLLMClusterSpec
+from rayvllm.models.rayapi import ClusterResources, JobInfo
+from rayvllm.models.spec import VLLMClusterSpec
 from rayvllm.models.status import EngineStatus
-from rayvllm.ray.types import ClusterResources, JobInfo
+from rayvllm.placement import ENGINE_SLOT_RESOURCE
 
 RETIRED_SUSPENDED = "suspended"
 RETIRED_SCALED_DOWN = "scaled down"

@@ -72,3 +72,17 @@ def _model_ids(response: httpx.Response) -> tuple[str, ...]:
     if not isinstance(data, list):
         return ()
     return tuple(str(item["id"]) for item in data if isinstance(item, dict) and "id" in item)
+
+
+class EngineProber:
+    """Probes engines over one shared HTTP client (the operator's connection pool), each call bounded by
+    `timeout` seconds."""
+
+    def __init__(self, client: httpx.AsyncClient | None = None, timeout: float = 5.0) -> None:
+        self._client = client
+        self._timeout = timeout
+
+    async def probe(self, base_url: str, served_model_name: str, api_key: str | None = None) -> EngineProbe:
+        return await probe_engine(
+            base_url, served_model_name, api_key=api_key, http_timeout=self._timeout, client=self._client
+        )

@@ -8,22 +8,13 @@ from dataclasses import dataclass, field
 
 from rayvllm import API_GROUP
 from rayvllm.engine.args import server_entrypoint, shutdown_timeout_seconds, vllm_server_args
-from rayvllm.models.spec import ENGINE_SLOT_RESOURCE, VLLMClusterSpec
-from rayvllm.ray.types import JobSubmitRequest
+from rayvllm.models.rayapi import JobSubmitRequest
+from rayvllm.models.spec import VLLMClusterSpec
+from rayvllm.placement import ENGINE_SLOT_RESOURCE
 
 # Ray's JobSupervisor reads it from its own environment, which runtime_env.env_vars sets. Past it
 # Ray SIGKILLs the entrypoint's process group, which can leave GPU memory held by orphaned workers.
 STOP_WAIT_ENV = "RAY_JOB_STOP_WAIT_TIME_S"
-
-# Environment for vLLM's CPU build serving the e2e tier's tiny local model: a 1 GiB KV cache (the
-# default takes a share of host memory), no Hugging Face Hub access, no usage reporting. The operator
-# passes it through EngineJobOptions.extra_env only where it is configured to (tests, smoke).
-CPU_TEST_ENV: Mapping[str, str] = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "HF_HUB_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-}
 
 METADATA_PREFIX = f"{API_GROUP}/"
 SUBMISSION_ID_PREFIX = "rayvllm"
@@ -76,7 +67,7 @@ class EngineJobOptions:
     # Time Ray grants the engine between SIGTERM and SIGKILL on top of vLLM's own --shutdown-timeout:
     # tearing down the executor and its Ray workers takes seconds, more with many GPUs.
     stop_grace_seconds: int = 30
-    # Environment every engine gets from the operator's configuration (e.g. CPU_TEST_ENV).
+    # Environment every engine gets from the operator's configuration (settings.engine_job_env).
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 

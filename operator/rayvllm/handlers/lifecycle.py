@@ -1,5 +1,6 @@
 """Operator start-up and clean-up: settings, kopf's storage choices, shared clients."""
 
+import asyncio
 import logging
 from contextlib import AsyncExitStack
 from typing import Any
@@ -7,8 +8,11 @@ from typing import Any
 import kopf
 
 from rayvllm import API_GROUP, metrics
+from rayvllm.engine.health import EngineProber
 from rayvllm.k8s.api import connect
 from rayvllm.k8s.resources import Kubernetes
+from rayvllm.ray import Dashboards, shared_client
+from rayvllm.reconcile import Clients
 from rayvllm.settings import load_settings
 
 
@@ -17,6 +21,7 @@ async def configure(
     settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
     memo.settings = load_settings()
+    memo.wakeups = {}
     # One line per Ray/engine HTTP request at INFO would drown the operator's own messages.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Our CRD has a structural status schema: kopf's default progress records under status.kopf would
@@ -34,7 +39,16 @@ async def configure(
         metrics.serve(memo.settings.metrics_port, memo.settings.metrics_host)
     memo.exit_stack = AsyncExitStack()
     api = await memo.exit_stack.enter_async_context(connect())
-    memo.kubernetes = Kubernetes(api, memo.settings.field_manager)
+    s = memo.settings
+    http = await memo.exit_stack.enter_async_context(
+        shared_client(s.http_timeout_seconds, s.probe_concurrency)
+    )
+    memo.clients = Clients(
+        kube=Kubernetes(api, s.field_manager),
+        dashboards=Dashboards(http, s.http_timeout_seconds),
+        prober=EngineProber(http, s.http_timeout_seconds),
+        limiter=asyncio.Semaphore(s.probe_concurrency),
+    )
     logger.info("rayvllm operator configured: %s", memo.settings.model_dump())
 
 

@@ -1,29 +1,50 @@
-"""kopf handlers of VLLMCluster: thin. They serialise work per object, call rayvllm.reconcile, write the
-status it computed, post its events, and map the project's errors onto kopf's retry semantics."""
+"""kopf handlers of VLLMCluster: thin. One loop per object (a kopf daemon) runs every reconcile pass, so
+passes of one object never overlap; it is woken early when the spec or a child changes, and otherwise
+looks again after a jittered resync (sooner while an engine starts). Handlers post the events a pass
+returns and map the project's errors onto kopf's retry semantics."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
 import logging
+import random
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from rayvllm import API_GROUP, API_VERSION, PLURAL, metrics
-from rayvllm.errors import PermanentError, RayvllmError, TransientError
-from rayvllm.k8s.resources import Kubernetes
-from rayvllm.reconcile import Outcome, finalize, reconcile
+from rayvllm.errors import RayvllmError, TransientError
+from rayvllm.handlers import wakeup
+from rayvllm.handlers.children import Key, children_of
+from rayvllm.reconcile import Clients, Memory, Outcome, finalize, reconcile
+from rayvllm.settings import Settings
 
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+# Events of one change (our apply, KubeRay's answer, the pods) arrive in a burst: one pass takes them all.
+COALESCE_SECONDS = 0.05
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _key(body: kopf.Body) -> Key:
+    return (body.metadata["namespace"], body.metadata["name"])
 
 
 def _lock(memo: Any) -> asyncio.Lock:
-    """One reconcile at a time per object: change handlers and the resync daemon share it (kopf gives
-    every object its own memo)."""
+    """The loop and the delete handler never work on one object at once (kopf gives every object its own
+    memo)."""
     lock: asyncio.Lock = memo.setdefault("reconcile_lock", asyncio.Lock())
     return lock
+
+
+def _memory(memo: Any) -> Memory:
+    memory: Memory = memo.setdefault("memory", Memory())
+    return memory
 
 
 def _post(body: kopf.Body, outcome: Outcome) -> None:
@@ -31,64 +52,97 @@ def _post(body: kopf.Body, outcome: Outcome) -> None:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
 
 
-async def _reconcile_once(body: kopf.Body, memo: Any, logger: Logger) -> None:
-    if body.metadata.get("deletionTimestamp"):
-        return  # the delete handler owns the object now
-    kube: Kubernetes = memo.kubernetes
+def _resync_delay(settings: Settings) -> float:
+    spread = settings.resync_jitter
+    return settings.resync_seconds * random.uniform(1 - spread, 1 + spread)
+
+
+async def _pass(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], logger: Logger) -> float:
+    """One reconcile pass; returns how long to wait before the next one."""
+    settings: Settings = memo.settings
+    clients: Clients = memo.clients
+    namespace, name = _key(body)
     async with _lock(memo):
-        namespace, name = body.metadata["namespace"], body.metadata["name"]
+        if body.metadata.get("deletionTimestamp"):
+            return settings.resync_seconds  # the delete handler owns the object now
+        memo.seen_generation = body.metadata.get("generation")
         try:
-            outcome = await reconcile(kube, memo.settings, body, datetime.datetime.now(datetime.UTC))
-        except Exception:
+            with metrics.RECONCILE_DURATION.time():
+                outcome = await reconcile(
+                    clients, settings, body, children_of(_key(body), indexes), _memory(memo), _now()
+                )
+        except TransientError as exc:
             metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
-            raise
-        if outcome.status is not None:
-            await kube.replace_status(namespace, name, outcome.status)
+            logger.warning("reconcile: will retry in %.0fs: %s", exc.retry_after, exc)
+            return min(exc.retry_after, settings.resync_seconds)
+        except RayvllmError as exc:
+            # Permanent (e.g. the namespace is terminating, or a credential is refused): the next
+            # period tries again; the status already says what the world looks like.
+            metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
+            logger.warning("reconcile: will retry: %s", exc)
+            return _resync_delay(settings)
         metrics.record(namespace, name, outcome.status or body.get("status") or {})
         _post(body, outcome)
     if outcome.status is not None:
         summary = str(outcome.status.get("message", "")).splitlines()[0:1]
         logger.info("status: phase=%s %s", outcome.status.get("phase"), summary[0] if summary else "")
+    if outcome.requeue_after is not None:
+        return min(outcome.requeue_after, _resync_delay(settings))
+    return _resync_delay(settings)
 
 
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE, field="spec")
-async def apply_spec(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
+@kopf.on.event(*RESOURCE)
+def spec_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A new generation (or the object's deletion) wakes its loop; status writes do not."""
+    if body.metadata.get("generation") != memo.get("seen_generation") or body.metadata.get(
+        "deletionTimestamp"
+    ):
+        wakeup.wake(memo, _key(body))
+
+
+@kopf.daemon(*RESOURCE, cancellation_timeout=30)
+async def supervise(
+    stopped: kopf.DaemonStopped,
+    body: kopf.Body,
+    memo: Any,
+    logger: Logger,
+    **indexes: Any,
+) -> None:
+    """The object's loop, for as long as it exists. It never exits on an error: a failure is logged (and
+    shown in status) and retried."""
+    key = _key(body)
+    woken = wakeup.register(memo, key)
     try:
-        await _reconcile_once(body, memo, logger)
-    except TransientError as exc:
-        raise kopf.TemporaryError(str(exc), delay=exc.retry_after) from exc
-    except PermanentError as exc:
-        raise kopf.PermanentError(str(exc)) from exc
-
-
-@kopf.daemon(*RESOURCE, cancellation_timeout=30, initial_delay=1)
-async def resync(stopped: kopf.DaemonStopped, body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
-    """Drift check and supervision: reconciles every `resync_seconds` for as long as the object exists.
-    It never exits on an error: a failure is logged (and shown in status) and retried next period."""
-    while not stopped:
-        try:
-            await _reconcile_once(body, memo, logger)
-        except RayvllmError as exc:
-            # Transient (API or Ray hiccup) or permanent (e.g. the namespace is terminating): either
-            # way the next period tries again; the status already says what the world looks like.
-            logger.warning("resync: will retry: %s", exc)
-        except Exception:
-            logger.exception("resync failed; will retry")
-        await stopped.wait(memo.settings.resync_seconds)
+        while not stopped:
+            woken.clear()
+            try:
+                delay = await _pass(body, memo, indexes, logger)
+            except Exception:
+                logger.exception("reconcile failed; will retry")
+                delay = _resync_delay(memo.settings)
+            await wakeup.sleep(stopped, woken, delay)
+            if woken.is_set():
+                await asyncio.sleep(COALESCE_SECONDS)
+    finally:
+        wakeup.unregister(memo, key)
 
 
 @kopf.on.delete(*RESOURCE)
-async def delete(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
+async def delete(
+    body: kopf.Body,
+    memo: Any,
+    logger: Logger,
+    **indexes: Any,
+) -> None:
     """Runs before the finalizer is released, also for objects deleted while the operator was down.
     Owned children (RayCluster, Service) are then garbage-collected by Kubernetes."""
-    kube: Kubernetes = memo.kubernetes
     try:
         async with _lock(memo):
-            outcome = await finalize(kube, memo.settings, body)
+            outcome = await finalize(
+                memo.clients, memo.settings, body, children_of(_key(body), indexes), _now()
+            )
     except TransientError as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.retry_after) from exc
     _post(body, outcome)
-    metrics.forget(body.metadata["namespace"], body.metadata["name"])
-    logger.info("finalized %s/%s", body.metadata["namespace"], body.metadata["name"])
+    metrics.forget(*_key(body))
+    logger.info("finalized %s/%s", *_key(body))

@@ -12,7 +12,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from rayvllm.errors import KubernetesError, KubernetesRejectedError
+from rayvllm.errors import KubernetesError, KubernetesNotFoundError, KubernetesRejectedError
 
 T = TypeVar("T")
 
@@ -44,6 +44,8 @@ async def call(what: str, request: Awaitable[T]) -> T:
         return await request
     except ApiException as exc:
         message = f"{what}: HTTP {exc.status} {exc.reason}: {_message(exc)}"
+        if exc.status == 404:
+            raise KubernetesNotFoundError(message) from exc
         if exc.status in _PERMANENT:
             raise KubernetesRejectedError(message, exc.status) from exc
         raise KubernetesError(message, retry_after=5.0 if exc.status == 409 else 10.0) from exc
@@ -55,11 +57,8 @@ async def call_or_none(what: str, request: Awaitable[T]) -> T | None:
     """Like `call`, but a 404 answers None."""
     try:
         return await call(what, request)
-    except KubernetesError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, ApiException) and cause.status == 404:
-            return None
-        raise
+    except KubernetesNotFoundError:
+        return None
 
 
 def to_dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:

@@ -56,26 +56,12 @@ class Kubernetes:
             raise KubernetesError(f"{what}: applied, then not found")
         return result
 
-    async def delete_raycluster(self, namespace: str, name: str) -> None:
-        # Foreground: the RayCluster disappears only after its pods, so a Recreate never overlaps
-        # the old pods with the new ones on the same GPUs.
-        await call_or_none(
-            f"delete RayCluster {namespace}/{name}",
-            self._custom.delete_namespaced_custom_object(
-                RAY_GROUP,
-                RAY_VERSION,
-                namespace,
-                RAYCLUSTERS,
-                name,
-                body=client.V1DeleteOptions(propagation_policy="Foreground"),
-            ),
-        )
-
     # ---- Service ---------------------------------------------------------------------------------
 
-    async def apply_service(self, manifest: dict[str, Any]) -> None:
+    async def apply_service(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The Service as stored after the apply."""
         meta = manifest["metadata"]
-        await call(
+        applied = await call(
             f"apply Service {meta['namespace']}/{meta['name']}",
             self._core.patch_namespaced_service(
                 meta["name"],
@@ -86,15 +72,9 @@ class Kubernetes:
                 **AS_APPLY,
             ),
         )
+        return to_dict(self._api, applied)
 
     # ---- Pods ------------------------------------------------------------------------------------
-
-    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        result = await call(
-            f"list pods {namespace} {label_selector}",
-            self._core.list_namespaced_pod(namespace, label_selector=label_selector),
-        )
-        return [to_dict(self._api, pod) for pod in result.items]
 
     async def apply_pod_labels(self, namespace: str, name: str, labels: dict[str, str], manager: str) -> None:
         """Own exactly `labels` on the pod under `manager`: labels this manager set before and that are
@@ -109,22 +89,19 @@ class Kubernetes:
 
     # ---- Secrets ---------------------------------------------------------------------------------
 
-    async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
-        """The data keys of a Secret, or None when it does not exist. Values are never returned."""
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's data, decoded (one GET), or None when it does not exist. Callers keep values in
+        memory only for as long as they need them and never log them."""
         secret = await call_or_none(
             f"get Secret {namespace}/{name}", self._core.read_namespaced_secret(name, namespace)
         )
         if secret is None:
             return None
-        return set((secret.data or {}).keys()) | set((secret.string_data or {}).keys())
-
-    async def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        secret = await call_or_none(
-            f"get Secret {namespace}/{name}", self._core.read_namespaced_secret(name, namespace)
-        )
-        if secret is None or key not in (secret.data or {}):
-            return None
-        return base64.b64decode(secret.data[key]).decode()
+        data = {
+            key: base64.b64decode(value).decode(errors="replace")
+            for key, value in (secret.data or {}).items()
+        }
+        return {**(secret.string_data or {}), **data}
 
     # ---- VLLMCluster status ----------------------------------------------------------------------
 

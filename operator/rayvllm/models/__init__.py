@@ -5,13 +5,11 @@ from rayvllm.models.resource import (
     API_VERSION_STRING,
     MAX_NAME_LENGTH,
     VLLMCluster,
-    describe_validation_error,
     parse_cluster,
     parse_previous_status,
     parse_spec,
 )
 from rayvllm.models.spec import (
-    ENGINE_SLOT_RESOURCE,
     EngineSpec,
     ModelSource,
     ModelSourceKind,
@@ -30,7 +28,6 @@ from rayvllm.models.status import (
 
 __all__ = [
     "API_VERSION_STRING",
-    "ENGINE_SLOT_RESOURCE",
     "MAX_NAME_LENGTH",
     "Condition",
     "ConditionType",
@@ -49,7 +46,6 @@ __all__ = [
     "VLLMCluster",
     "VLLMClusterSpec",
     "VLLMClusterStatus",
-    "describe_validation_error",
     "parse_cluster",
     "parse_previous_status",
     "parse_spec",

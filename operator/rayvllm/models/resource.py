@@ -86,12 +86,6 @@ def _problems(error: ValidationError, under: tuple[str, ...]) -> list[tuple[str,
     ]
 
 
-def describe_validation_error(error: ValidationError, under: tuple[str, ...] = ()) -> str:
-    """One line per problem, each starting with the field path as the API server writes it
-    (`spec.engine.env[0].name: ...`); `under` is the path of the validated object in the whole body."""
-    return "; ".join(f"{path}: {message}" for path, message in _problems(error, under))
-
-
 def _invalid(error: ValidationError, under: tuple[str, ...] = ()) -> InvalidSpecError:
     (first_path, first_message), *others = _problems(error, under)
     return InvalidSpecError(first_path, "; ".join([first_message, *(f"{p}: {m}" for p, m in others)]))

@@ -536,11 +536,6 @@ _SPEC_RULES = (
     ),
 )
 
-ENGINE_SLOT_RESOURCE = "rayvllm_engine_slots"
-"""Ray custom resource on GPU workers (count = gpusPerWorker). Each engine's Ray job asks for
-`engine_slots_per_job` of it through entrypoint_resources, which puts the vLLM API server on a GPU worker
-without taking a GPU away from vLLM's placement group."""
-
 
 class VLLMClusterSpec(ApiModel):
     """Desired state of a VLLMCluster: `replicas` independent vLLM engines serving one model on one Ray

@@ -1,8 +1,7 @@
 """The only code that talks to a Ray cluster: its dashboard's REST API over httpx (no `ray` import)."""
 
-from rayvllm.ray.client import RayDashboardClient, Submission
-from rayvllm.ray.http import AUTH_HEADER, RayRequestRejectedError, RetryPolicy
-from rayvllm.ray.types import (
+from rayvllm.errors import RayRequestRejectedError
+from rayvllm.models.rayapi import (
     GPU_RESOURCE,
     TERMINAL_JOB_STATUSES,
     ClusterResources,
@@ -10,12 +9,15 @@ from rayvllm.ray.types import (
     JobSubmitRequest,
     RayNode,
 )
+from rayvllm.ray.client import Dashboards, RayDashboardClient, Submission
+from rayvllm.ray.http import AUTH_HEADER, RetryPolicy, shared_client
 
 __all__ = [
     "AUTH_HEADER",
     "GPU_RESOURCE",
     "TERMINAL_JOB_STATUSES",
     "ClusterResources",
+    "Dashboards",
     "JobInfo",
     "JobSubmitRequest",
     "RayDashboardClient",
@@ -23,4 +25,5 @@ __all__ = [
     "RayRequestRejectedError",
     "RetryPolicy",
     "Submission",
+    "shared_client",
 ]

@@ -17,10 +17,10 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from rayvllm.errors import RayError
-from rayvllm.ray.http import DashboardHTTP, RayRequestRejectedError, RetryPolicy, decode_json
-from rayvllm.ray.resources import MalformedResponseError, build_cluster_resources
-from rayvllm.ray.types import ClusterResources, JobInfo, JobSubmitRequest
+from rayvllm.errors import MalformedResponseError, RayError, RayRequestRejectedError
+from rayvllm.models.rayapi import ClusterResources, JobInfo, JobSubmitRequest
+from rayvllm.ray.http import DashboardHTTP, RetryPolicy, decode_json
+from rayvllm.ray.resources import build_cluster_resources
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,11 @@ class RayDashboardClient:
         timeout: float = 5.0,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        client: httpx.AsyncClient | None = None,
     ) -> None:
-        self._http = DashboardHTTP(base_url, token=token, timeout=timeout, retry=retry, transport=transport)
+        self._http = DashboardHTTP(
+            base_url, token=token, timeout=timeout, retry=retry, transport=transport, client=client
+        )
 
     @property
     def base_url(self) -> str:
@@ -203,3 +206,14 @@ class RayDashboardClient:
             return build_cluster_resources(nodes, status)
         except MalformedResponseError as e:
             raise RayError(f"{self.base_url}: {e}") from e
+
+
+class Dashboards:
+    """Makes the client of each RayCluster's dashboard; all share one HTTP connection pool."""
+
+    def __init__(self, http: httpx.AsyncClient, timeout: float) -> None:
+        self.http = http
+        self._timeout = timeout
+
+    def client(self, base_url: str, token: str | None) -> RayDashboardClient:
+        return RayDashboardClient(base_url, token=token, timeout=self._timeout, client=self.http)

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from rayvllm.errors import PermanentError, RayAuthError, RayError
+from rayvllm.errors import RayAuthError, RayError, RayRequestRejectedError
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +22,6 @@ AUTH_HEADER = "X-Ray-Authorization"
 # Statuses worth the same request again: the dashboard or its head-node agent is busy or starting
 # ("No available agent to submit job" is a 500).
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
-
-
-class RayRequestRejectedError(PermanentError):
-    """The dashboard refused a request as invalid (4xx other than 401/403/404): the same request
-    will fail again."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -50,8 +41,18 @@ def _snippet(response: httpx.Response, limit: int = 500) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
+def shared_client(timeout: float, max_connections: int) -> httpx.AsyncClient:
+    """One client for every dashboard and engine the operator talks to: building a client (its TLS
+    context above all) costs milliseconds of CPU, which a pass per object per resync cannot afford."""
+    return httpx.AsyncClient(
+        timeout=timeout,
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+    )
+
+
 class DashboardHTTP:
-    """An httpx.AsyncClient bound to one dashboard. Close it (or use `async with`)."""
+    """Requests to one dashboard, over a client of its own (closed by `aclose`) or a shared one (left
+    open: its owner closes it)."""
 
     def __init__(
         self,
@@ -61,16 +62,18 @@ class DashboardHTTP:
         timeout: float = 5.0,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        client: httpx.AsyncClient | None = None,
     ) -> None:
-        headers = {AUTH_HEADER: f"Bearer {token}"} if token else {}
+        self._headers = {AUTH_HEADER: f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
-        )
+        self._timeout = timeout
+        self._owned = client is None
+        self._client = client or httpx.AsyncClient(timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._owned:
+            await self._client.aclose()
 
     async def request(
         self,
@@ -93,7 +96,14 @@ class DashboardHTTP:
         last = ""
         for attempt in range(1, attempts + 1):
             try:
-                response = await self._client.request(method, path, json=json, params=params)
+                response = await self._client.request(
+                    method,
+                    self.base_url + path,
+                    json=json,
+                    params=params,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                )
             except httpx.TimeoutException as e:
                 last = f"timed out ({type(e).__name__})"
             except httpx.TransportError as e:

@@ -15,11 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rayvllm.ray.types import ClusterResources, RayNode
-
-
-class MalformedResponseError(ValueError):
-    """A dashboard answer lacked a field this parser relies on."""
+from rayvllm.errors import MalformedResponseError
+from rayvllm.models.rayapi import ClusterResources, RayNode
 
 
 def ray_camel_case(name: str) -> str:

@@ -1,4 +1,5 @@
-"""What the Ray dashboard's REST API takes and returns, as typed values (Ray 2.60).
+"""What the Ray dashboard's REST API takes and returns, as typed values (Ray 2.60): shared by the pure job
+builder and decisions, and by the client in ray/ that sends and parses them.
 
 Wire shapes follow Ray's own `ray.dashboard.modules.job.common` (JobSubmitRequest, JobDetails) and the
 state API's node records; unknown fields are ignored so a newer Ray does not break the operator.

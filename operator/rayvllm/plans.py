@@ -1,0 +1,68 @@
+"""Pure decisions of the reconcile steps that are not the status or an engine's: which Secrets a spec
+needs and what is wrong with them, and which pods must gain or lose the serving label. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from rayvllm.models.kube import SecretKeyRef
+from rayvllm.models.spec import VLLMClusterSpec
+from rayvllm.models.status import EngineStatus
+from rayvllm.observed import PodView
+from rayvllm.reasons import Reason
+from rayvllm.status import Problem
+
+
+@dataclass(frozen=True)
+class SecretUse:
+    """A Secret key the spec references, and the field that references it (for messages)."""
+
+    field: str
+    ref: SecretKeyRef
+
+
+def secret_uses(spec: VLLMClusterSpec) -> list[SecretUse]:
+    uses: list[SecretUse] = []
+    if spec.model.hf_token_secret_ref:
+        uses.append(SecretUse("spec.model.hfTokenSecretRef", spec.model.hf_token_secret_ref))
+    if spec.engine.api_key_secret_ref:
+        uses.append(SecretUse("spec.engine.apiKeySecretRef", spec.engine.api_key_secret_ref))
+    gcs = spec.ray.gcs_fault_tolerance
+    if gcs is not None and gcs.redis_password_secret_ref is not None:
+        uses.append(
+            SecretUse("spec.ray.gcsFaultTolerance.redisPasswordSecretRef", gcs.redis_password_secret_ref)
+        )
+    return uses
+
+
+def secret_problems(
+    namespace: str, uses: Sequence[SecretUse], found: Mapping[str, Mapping[str, str] | None]
+) -> list[Problem]:
+    """`found` maps each referenced Secret's name to its data (None: it does not exist)."""
+    problems = []
+    for use in uses:
+        data = found.get(use.ref.name)
+        if data is None:
+            problems.append(
+                Problem(
+                    Reason.SECRET_NOT_FOUND,
+                    f"{use.field}: Secret {namespace}/{use.ref.name} does not exist: create it, or fix the reference",
+                )
+            )
+        elif use.ref.key not in data:
+            problems.append(
+                Problem(
+                    Reason.SECRET_NOT_FOUND,
+                    f"{use.field}: Secret {namespace}/{use.ref.name} has no key {use.ref.key!r} "
+                    f"(it has: {', '.join(sorted(data)) or 'none'})",
+                )
+            )
+    return problems
+
+
+def serving_changes(pods: Sequence[PodView], engines: Sequence[EngineStatus]) -> dict[str, bool]:
+    """Pods whose serving label must change (True: add it, False: remove it). The Service routes to
+    exactly the pods that host a ready engine's API server."""
+    serving = {e.pod_name for e in engines if e.ready and e.pod_name}
+    return {pod.name: pod.name in serving for pod in pods if (pod.name in serving) != pod.serving}

@@ -1,0 +1,161 @@
+"""The control loop's cost and reach on the real control plane: a settled VLLMCluster costs the API server
+no writes at all while the operator keeps supervising it, and a child changed behind the operator's back
+is repaired through its watch within seconds, not at the next resync."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import INTEGRATION_OPERATOR_ENV
+from tests.integration.test_vllmcluster_lifecycle import REPO, condition, load, vllm
+from tests.support.kube import Kube
+from tests.support.operator import OperatorProcess
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.integration
+
+SAMPLE = REPO / "manifests" / "samples" / "minimal-gpu.yaml"
+# Requests that change state, as the API server counts them (server-side apply is its own verb).
+WRITE_VERBS = frozenset({"APPLY", "PATCH", "POST", "PUT", "DELETE"})
+OURS = frozenset({"vllmclusters", "rayclusters", "services", "pods", "events"})
+
+
+def apiserver_writes(kube: Kube) -> dict[tuple[str, str, str], float]:
+    """apiserver_request_total for writes to the kinds the operator writes, by (verb, resource,
+    subresource), from the API server's own metrics."""
+    text = kube.kubectl("get", "--raw", "/metrics").stdout
+    counts: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "apiserver_request_total"
+                and labels.get("verb") in WRITE_VERBS
+                and labels.get("resource") in OURS
+            ):
+                key = (labels["verb"], labels["resource"], labels.get("subresource", ""))
+                counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
+def passes(operator: OperatorProcess) -> float:
+    assert operator.metrics_url is not None
+    text = httpx.get(operator.metrics_url, timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "rayvllm_reconcile_duration_seconds_count":
+                return sample.value
+    raise AssertionError("the operator exports no rayvllm_reconcile_duration_seconds")
+
+
+def delta(
+    after: Mapping[tuple[str, str, str], float], before: Mapping[tuple[str, str, str], float]
+) -> dict[tuple[str, str, str], float]:
+    return {
+        key: value - before.get(key, 0.0) for key, value in after.items() if value != before.get(key, 0.0)
+    }
+
+
+def settle(kube: Kube, namespace: str, name: str) -> None:
+    """Until the operator has nothing left to say: Degraded for want of Ray (the integration tier has none)."""
+    wait_for(
+        lambda: condition(vllm(kube, namespace, name), "Degraded").get("reason") == "RayDashboardUnreachable",
+        timeout=120,
+        what=f"{namespace}/{name} settled (Degraded=RayDashboardUnreachable)",
+    )
+
+
+def test_a_settled_object_costs_no_writes(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    manifest = load(SAMPLE)
+    name = manifest["metadata"]["name"]
+    kube.kubectl("apply", "-n", namespace, "-f", str(SAMPLE))
+    settle(kube, namespace, name)
+    time.sleep(3)  # the last status write's echo and KubeRay's own settling
+    before, passes_before = apiserver_writes(kube), passes(operator)
+    window = 12.0  # six resync periods of the integration operator
+    time.sleep(window)
+    writes, passed = delta(apiserver_writes(kube), before), passes(operator) - passes_before
+    # The loop did run (and would have re-applied the RayCluster and Service each pass before).
+    assert passed >= 4, f"only {passed} reconcile passes in {window}s"
+    ours = {key: count for key, count in writes.items() if key[0] == "APPLY" or key[1] == "vllmclusters"}
+    assert ours == {}, f"writes at rest in {window}s: {ours}"
+
+
+def test_a_deleted_service_and_an_edited_ray_cluster_come_back_at_once(
+    kube: Kube, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """With a resync far longer than the test, only the children's watches can bring the repair."""
+    slow = OperatorProcess(
+        kube.kubeconfig,
+        tmp_path / "operator.log",
+        env={**INTEGRATION_OPERATOR_ENV, "RAYVLLM_RESYNC_SECONDS": "600"},
+    )
+    operator.stop()  # the session operator watches every namespace: two would fight over the object
+    try:
+        slow.start(extra_args=(f"--namespace={namespace}",))
+        try:
+            repair_children(kube, namespace)
+            assert slow.alive(), slow.log_tail()
+        finally:
+            slow.stop()
+    finally:
+        operator.start()
+
+
+def repair_children(kube: Kube, namespace: str) -> None:
+    manifest = load(SAMPLE)
+    name = manifest["metadata"]["name"]
+    kube.kubectl("apply", "-n", namespace, "-f", str(SAMPLE))
+    # Settling needs no resync either: pod readiness arrives through the pods' watch.
+    wait_for(
+        lambda: condition(vllm(kube, namespace, name), "RayClusterReady").get("status") == "True",
+        timeout=120,
+        what=f"{namespace}/{name} RayClusterReady",
+    )
+    old_uid = kube.get_json("service", name, "-n", namespace)["metadata"]["uid"]
+
+    started = time.monotonic()
+    kube.kubectl("delete", "service", name, "-n", namespace, "--wait=true")
+    recreated = wait_for(
+        lambda: (
+            (s := kube.get_json("service", name, "-n", namespace)) and s["metadata"]["uid"] != old_uid and s
+        ),
+        timeout=30,
+        what="the Service recreated",
+    )
+    service_seconds = time.monotonic() - started
+    assert recreated["spec"]["selector"] == {"rayvllm.io/cluster": name, "rayvllm.io/serving": "true"}
+
+    group = kube.get_json("raycluster", name, "-n", namespace)["spec"]["workerGroupSpecs"][0]
+    started = time.monotonic()
+    kube.kubectl(
+        "patch",
+        "raycluster",
+        name,
+        "-n",
+        namespace,
+        "--type=json",
+        "-p",
+        f'[{{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": {group["replicas"] + 3}}}]',
+    )
+    wait_for(
+        lambda: (
+            kube.get_json("raycluster", name, "-n", namespace)["spec"]["workerGroupSpecs"][0]["replicas"]
+            == group["replicas"]
+        ),
+        timeout=30,
+        what="the RayCluster's worker count restored",
+    )
+    edit_seconds = time.monotonic() - started
+    print(
+        f"\n[repair] Service recreated in {service_seconds:.1f}s; RayCluster edit undone in {edit_seconds:.1f}s"
+    )
+    assert service_seconds < 10 and edit_seconds < 10

@@ -1,0 +1,211 @@
+"""The pure halves of the reconcile steps: when a child needs a write, what the watches keep of pods, which
+Secrets a spec needs, which pods gain or lose the serving label, and the status of an invalid spec."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from rayvllm.builders import build_ray_cluster, build_service
+from rayvllm.builders.labels import SERVING_LABEL, SPEC_HASH_ANNOTATION
+from rayvllm.drift import holds, needs_apply
+from rayvllm.identity import ClusterRef
+from rayvllm.models import EngineStatus, Phase, parse_spec
+from rayvllm.observed import count_pods, live_workers, newer, pod_view, trimmed
+from rayvllm.plans import secret_problems, secret_uses, serving_changes
+from rayvllm.reasons import Reason
+from rayvllm.status import Observation, Problem, compute_status, unschedulable_problems
+from rayvllm.workers import WorkerPlan
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+SPEC = parse_spec(
+    {
+        "model": {"source": "hf://org/model", "hfTokenSecretRef": {"name": "hf", "key": "token"}},
+        "engine": {"apiKeySecretRef": {"name": "api", "key": "key"}},
+        "ray": {"image": "img"},
+    }
+)
+
+
+def stored(manifest: dict[str, Any], **defaults: Any) -> dict[str, Any]:
+    """The object as the API server would hand it back: a JSON round trip, server-set metadata, defaults."""
+    obj = json.loads(json.dumps(manifest))
+    obj["metadata"].update(uid="u-1", resourceVersion="42", generation=1, managedFields=[{"manager": "x"}])
+    for path, value in defaults.items():
+        node = obj
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[leaf] = value
+    obj["status"] = {"state": "ready"}
+    return obj
+
+
+# ---- RayCluster and Service steps: write only on a difference ---------------------------------------
+
+
+def test_a_stored_service_with_server_defaults_needs_no_write() -> None:
+    built = build_service(SPEC, "llama", "team", "uid-1")
+    observed = stored(built, **{"spec.clusterIP": "10.96.0.7", "spec.sessionAffinity": "None"})
+    assert not needs_apply(built, trimmed(observed))
+
+
+def test_a_stored_ray_cluster_needs_no_write_until_someone_edits_it() -> None:
+    built = build_ray_cluster(SPEC, "llama", "team", "uid-1", WorkerPlan(1))
+    observed = trimmed(stored(built))
+    assert not needs_apply(built, observed)
+    edited = copy.deepcopy(observed)
+    edited["spec"]["workerGroupSpecs"][0]["replicas"] = 5
+    assert needs_apply(built, edited)
+    relabelled = copy.deepcopy(observed)
+    del relabelled["metadata"]["labels"][next(iter(built["metadata"]["labels"]))]
+    assert needs_apply(built, relabelled)
+
+
+def test_a_missing_child_or_a_spec_change_needs_a_write() -> None:
+    built = build_service(SPEC, "llama", "team", "uid-1")
+    assert needs_apply(built, None)
+    other_port = build_service(
+        parse_spec({**SPEC.to_wire(), "engine": {"port": 9000}}), "llama", "team", "uid-1"
+    )
+    assert needs_apply(other_port, trimmed(stored(built)))
+
+
+@pytest.mark.parametrize(
+    ("observed", "desired", "expected"),
+    [
+        ({"a": 1, "b": 2}, {"a": 1}, True),
+        ({"a": 1}, {"a": 2}, False),
+        ({}, {"a": None}, True),
+        ({"a": 1}, {"a": None}, False),
+        ({"l": [1, 2]}, {"l": [1]}, False),
+        ({"l": [{"x": 1, "y": 2}]}, {"l": [{"x": 1}]}, True),
+        ({"a": "1"}, {"a": 1}, False),
+        ({"a": {"b": 1}}, {"a": "b"}, False),
+    ],
+)
+def test_holds_is_containment(observed: Any, desired: Any, expected: bool) -> None:
+    assert holds(observed, desired) is expected
+
+
+def test_the_newer_copy_of_a_child_wins() -> None:
+    old, new = {"metadata": {"resourceVersion": "9"}}, {"metadata": {"resourceVersion": "10"}}
+    assert newer(old, new) is new and newer(new, old) is new
+    assert newer(None, old) is old and newer(old, None) is old and newer(None, None) is None
+
+
+def test_the_cache_keeps_no_managed_fields() -> None:
+    kept = trimmed(stored(build_service(SPEC, "llama", "team", "uid-1")))
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["ownerReferences"] and kept["status"] == {"state": "ready"}
+
+
+# ---- pods as the watches keep them ------------------------------------------------------------------
+
+
+def pod(name: str, node_type: str = "worker", ready: bool = True, **extra: Any) -> dict[str, Any]:
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if extra.get("unschedulable"):
+        conditions.append(
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": extra["unschedulable"],
+            }
+        )
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {
+                "ray.io/node-type": node_type,
+                **({SERVING_LABEL: "true"} if extra.get("serving") else {}),
+            },
+            "annotations": {SPEC_HASH_ANNOTATION: extra.get("hash", "h1")},
+            **({"deletionTimestamp": "2026-03-01T12:00:00Z"} if extra.get("deleting") else {}),
+        },
+        "status": {
+            "phase": "Running" if ready else "Pending",
+            "podIP": extra.get("ip"),
+            "conditions": conditions,
+        },
+    }
+
+
+def test_pod_counts_only_count_current_ready_pods() -> None:
+    views = [
+        pod_view(pod("head", "head")),
+        pod_view(pod("w1")),
+        pod_view(pod("w2", ready=False)),
+        pod_view(pod("w-old", hash="h0")),
+        pod_view(pod("w-going", deleting=True)),
+    ]
+    counts = count_pods(views, "h1")
+    assert (counts.head_ready, counts.ready_workers, counts.outdated) == (True, 1, 1)
+    assert live_workers(views) == ["w1", "w2", "w-old"]
+    assert not pod_view(pod("w-going", deleting=True)).ready
+
+
+def test_an_unschedulable_pod_is_a_problem_naming_it() -> None:
+    views = [
+        pod_view(pod("w1", ready=False, unschedulable="0/3 nodes: Insufficient nvidia.com/gpu")),
+        pod_view(pod("w2")),
+    ]
+    (problem,) = unschedulable_problems(views)
+    assert problem.reason == Reason.WORKER_UNSCHEDULABLE
+    assert problem.message == "pod w1 (worker) cannot be scheduled: 0/3 nodes: Insufficient nvidia.com/gpu"
+
+
+# ---- secrets ----------------------------------------------------------------------------------------
+
+
+def test_every_referenced_secret_is_checked_with_the_field_that_names_it() -> None:
+    uses = secret_uses(SPEC)
+    assert [u.field for u in uses] == ["spec.model.hfTokenSecretRef", "spec.engine.apiKeySecretRef"]
+    problems = secret_problems("team", uses, {"hf": None, "api": {"other": "x"}})
+    assert [p.reason for p in problems] == [Reason.SECRET_NOT_FOUND] * 2
+    assert problems[0].message.startswith("spec.model.hfTokenSecretRef: Secret team/hf does not exist")
+    assert "has no key 'key' (it has: other)" in problems[1].message
+    assert secret_problems("team", uses, {"hf": {"token": "t"}, "api": {"key": "k"}}) == []
+
+
+# ---- serving labels ---------------------------------------------------------------------------------
+
+
+def test_serving_labels_follow_ready_engines_only() -> None:
+    views = [pod_view(pod("w1", serving=True)), pod_view(pod("w2")), pod_view(pod("w3", serving=True))]
+    engines = [
+        EngineStatus(index=0, ready=True, pod_name="w2"),
+        EngineStatus(index=1, ready=True, pod_name="w3"),
+        EngineStatus(index=2, ready=False, pod_name="w1"),
+    ]
+    assert serving_changes(views, engines) == {"w1": False, "w2": True}
+    settled = [pod_view(pod("w2", serving=True)), pod_view(pod("w3", serving=True)), pod_view(pod("w1"))]
+    assert serving_changes(settled, engines) == {}
+
+
+# ---- status: an invalid spec has the same home as every other phase ---------------------------------
+
+
+def test_an_invalid_spec_fails_with_its_field_and_keeps_transition_times() -> None:
+    problem = Problem(Reason.INVALID_SPEC, "spec.replicas: must be >= 0", fatal=True)
+    observed = Observation(
+        ref=ClusterRef("team", "llama", "u", 4), spec=None, ray_cluster=None, problems=[problem]
+    )
+    status = compute_status(observed, T0)
+    assert status.phase == Phase.FAILED and status.message == "spec.replicas: must be >= 0"
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conditions == {
+        "Ready": ("False", "InvalidSpec"),
+        "Progressing": ("False", "InvalidSpec"),
+        "Degraded": ("True", "InvalidSpec"),
+    }
+    later = compute_status(
+        Observation(ref=observed.ref, spec=None, ray_cluster=None, problems=[problem], previous=status),
+        T0.replace(hour=13),
+    )
+    assert later == status
