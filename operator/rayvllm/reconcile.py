@@ -28,7 +28,7 @@ from rayvllm.k8s.resources import Kubernetes
 from rayvllm.models.resource import parse_cluster, parse_previous_status
 from rayvllm.models.spec import VLLMClusterSpec
 from rayvllm.models.status import ConditionType, EngineStatus, Phase, VLLMClusterStatus
-from rayvllm.observed import PodCounts, PodView, count_pods, live_workers, newer
+from rayvllm.observed import PodCounts, PodView, count_pods, live_workers, newer, resource_version
 from rayvllm.plans import secret_problems, secret_uses, serving_changes
 from rayvllm.ray import Dashboards, RayDashboardClient
 from rayvllm.reasons import EventReason, Reason
@@ -36,6 +36,9 @@ from rayvllm.settings import Settings
 from rayvllm.status import Observation, Problem, compute_status, unschedulable_problems
 from rayvllm.supervisor import EngineContext, Supervisor
 from rayvllm.workers import plan_workers
+
+# How long our own write may be missing from the watch before the watch is believed again.
+WATCH_LAG_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,8 @@ class Children:
 class Memory:
     """What the passes over one VLLMCluster keep between them, in the operator's memory only."""
 
-    written: dict[str, Mapping[str, Any]] = field(default_factory=dict)
-    """Children as our last apply returned them: newer than the watch until its event arrives."""
+    written: dict[str, tuple[Mapping[str, Any], datetime]] = field(default_factory=dict)
+    """Children as our last apply returned them, and when: newer than the watch until its event arrives."""
     ray_token: str | None = None
     ray_token_of: str | None = None
     """uid of the RayCluster the cached dashboard token belongs to (KubeRay makes one per cluster)."""
@@ -123,7 +126,7 @@ async def read_secrets(p: Pass, io: Clients) -> None:
 
 async def apply_ray_cluster(p: Pass, io: Clients) -> None:
     assert p.spec is not None
-    observed = newer(p.children.ray_cluster, p.memory.written.get("RayCluster"))
+    observed = _observed_child(p, "RayCluster", p.children.ray_cluster)
     if observed is not None and observed.get("metadata", {}).get("deletionTimestamp"):
         observed = None  # being deleted (e.g. by hand): GC finishes it, the watch tells us, we recreate
     if p.problems and observed is None:
@@ -134,7 +137,7 @@ async def apply_ray_cluster(p: Pass, io: Clients) -> None:
     built = build_ray_cluster(p.spec, p.ref.name, p.ref.namespace, p.ref.uid, workers)
     if needs_apply(built, observed):
         observed = await io.kube.apply_raycluster(built)
-        p.memory.written["RayCluster"] = observed
+        p.memory.written["RayCluster"] = (observed, p.now)
         p.outcome.writes += 1
     p.ray_cluster = observed
     p.pods = count_pods(pods, pod_spec_hash(built["spec"]))
@@ -145,11 +148,25 @@ async def apply_service(p: Pass, io: Clients) -> None:
     assert p.spec is not None
     if p.ray_cluster is None:
         return
-    observed = newer(p.children.service, p.memory.written.get("Service"))
+    observed = _observed_child(p, "Service", p.children.service)
     built = build_service(p.spec, p.ref.name, p.ref.namespace, p.ref.uid)
     if needs_apply(built, observed):
-        p.memory.written["Service"] = await io.kube.apply_service(built)
+        p.memory.written["Service"] = (await io.kube.apply_service(built), p.now)
         p.outcome.writes += 1
+
+
+def _observed_child(p: Pass, kind: str, indexed: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The child as the watch has it, unless our own write is newer and its event is still on the way. Once
+    the watch has caught up (or the write is old), the watch alone speaks: a child missing from it then
+    was deleted."""
+    written, at = p.memory.written.get(kind, (None, p.now))
+    if written is None:
+        return indexed
+    caught_up = indexed is not None and resource_version(indexed) >= resource_version(written)
+    if caught_up or (p.now - at).total_seconds() > WATCH_LAG_SECONDS:
+        del p.memory.written[kind]
+        return indexed
+    return newer(indexed, written)
 
 
 async def supervise_engines(p: Pass, io: Clients) -> None:
