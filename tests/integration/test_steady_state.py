@@ -5,7 +5,6 @@ is repaired through its watch within seconds, not at the next resync."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -14,36 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import INTEGRATION_OPERATOR_ENV
 from tests.integration.test_vllmcluster_lifecycle import REPO, condition, load, vllm
-from tests.support.kube import Kube
+from tests.support.kube import Kube, apiserver_writes, operator_writes, write_delta
 from tests.support.operator import OperatorProcess
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
 SAMPLE = REPO / "manifests" / "samples" / "minimal-gpu.yaml"
-# Requests that change state, as the API server counts them (server-side apply is its own verb).
-WRITE_VERBS = frozenset({"APPLY", "PATCH", "POST", "PUT", "DELETE"})
-OURS = frozenset({"vllmclusters", "rayclusters", "services", "pods", "events"})
-
-
-def apiserver_writes(kube: Kube) -> dict[tuple[str, str, str], float]:
-    """apiserver_request_total for writes to the kinds the operator writes, by (verb, resource,
-    subresource), from the API server's own metrics."""
-    text = kube.kubectl("get", "--raw", "/metrics").stdout
-    counts: dict[tuple[str, str, str], float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != "apiserver_request":
-            continue
-        for sample in family.samples:
-            labels = sample.labels
-            if (
-                sample.name == "apiserver_request_total"
-                and labels.get("verb") in WRITE_VERBS
-                and labels.get("resource") in OURS
-            ):
-                key = (labels["verb"], labels["resource"], labels.get("subresource", ""))
-                counts[key] = counts.get(key, 0.0) + sample.value
-    return counts
 
 
 def passes(operator: OperatorProcess) -> float:
@@ -54,14 +30,6 @@ def passes(operator: OperatorProcess) -> float:
             if sample.name == "rayvllm_reconcile_duration_seconds_count":
                 return sample.value
     raise AssertionError("the operator exports no rayvllm_reconcile_duration_seconds")
-
-
-def delta(
-    after: Mapping[tuple[str, str, str], float], before: Mapping[tuple[str, str, str], float]
-) -> dict[tuple[str, str, str], float]:
-    return {
-        key: value - before.get(key, 0.0) for key, value in after.items() if value != before.get(key, 0.0)
-    }
 
 
 def settle(kube: Kube, namespace: str, name: str) -> None:
@@ -82,10 +50,10 @@ def test_a_settled_object_costs_no_writes(kube: Kube, namespace: str, operator: 
     before, passes_before = apiserver_writes(kube), passes(operator)
     window = 12.0  # six resync periods of the integration operator
     time.sleep(window)
-    writes, passed = delta(apiserver_writes(kube), before), passes(operator) - passes_before
+    writes, passed = write_delta(apiserver_writes(kube), before), passes(operator) - passes_before
     # The loop did run (and would have re-applied the RayCluster and Service each pass before).
     assert passed >= 4, f"only {passed} reconcile passes in {window}s"
-    ours = {key: count for key, count in writes.items() if key[0] == "APPLY" or key[1] == "vllmclusters"}
+    ours = operator_writes(writes)
     assert ours == {}, f"writes at rest in {window}s: {ours}"
 
 

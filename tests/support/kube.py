@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
+from prometheus_client.parser import text_string_to_metric_families
 
 from hack.localcluster.procs import run
 
@@ -52,3 +54,43 @@ class Kube:
         body = manifest if isinstance(manifest, str) else json.dumps(manifest)
         ns = ["-n", namespace] if namespace else []
         self.kubectl("apply", "--server-side", "--force-conflicts", *ns, "-f", "-", stdin=body)
+
+
+Writes = dict[tuple[str, str, str], float]
+# Requests that change state, as the API server counts them (server-side apply is its own verb).
+WRITE_VERBS = frozenset({"APPLY", "PATCH", "POST", "PUT", "DELETE"})
+OURS = frozenset({"vllmclusters", "rayclusters", "services", "pods", "events"})
+
+
+def apiserver_writes(kube: Kube) -> Writes:
+    """apiserver_request_total for writes to the kinds the operator writes, by (verb, resource,
+    subresource), from the API server's own metrics."""
+    text = kube.kubectl("get", "--raw", "/metrics").stdout
+    counts: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "apiserver_request_total"
+                and labels.get("verb") in WRITE_VERBS
+                and labels.get("resource") in OURS
+            ):
+                key = (labels["verb"], labels["resource"], labels.get("subresource", ""))
+                counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
+def operator_writes(writes: Mapping[tuple[str, str, str], float]) -> Writes:
+    """The writes only the operator makes: server-side applies (children and serving labels; nothing else
+    in the cluster applies) and patches of VLLMClusters (status, kopf's annotations)."""
+    return {key: n for key, n in writes.items() if key[0] == "APPLY" or key[1] == "vllmclusters"}
+
+
+def write_delta(
+    after: Mapping[tuple[str, str, str], float], before: Mapping[tuple[str, str, str], float]
+) -> Writes:
+    return {
+        key: value - before.get(key, 0.0) for key, value in after.items() if value != before.get(key, 0.0)
+    }
