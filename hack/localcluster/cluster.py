@@ -1,6 +1,10 @@
 """One local cluster: the network, the control plane with kwok's fake GPU nodes and, by default, one real
 node (containerd, kubelet, kube-proxy) with CoreDNS, whose pods really run on this machine. Tests, the
-demo and benchmarks all start it through this class; `hack/cluster.py` is its command line."""
+demo and benchmarks all start it through this class; `hack/cluster.py` is its command line.
+
+`Cluster(..., loopback=True)` is the control plane and kwok alone, every listener on 127.0.0.1: no bridge,
+routes, nftables guard or real node, and its `down` touches nothing machine-wide (no KUBE-* chains, network
+namespaces, cgroups or containerd mounts), so it can run beside the default cluster (benchmarks)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 
 from hack.localcluster import dns, images, network
 from hack.localcluster.controlplane import COMPONENTS as CONTROL_PLANE
-from hack.localcluster.controlplane import ControlPlane, FakeNodePlan, Ports, Tools
+from hack.localcluster.controlplane import AuditLog, ControlPlane, FakeNodePlan, Ports, Tools
 from hack.localcluster.node import COMPONENTS as NODE_COMPONENTS
 from hack.localcluster.node import NODE_NAME, NodePlan, RealNode, leftover_mounts
 from hack.localcluster.procs import REPO, Daemons, cache_dir, log
@@ -60,9 +64,13 @@ class ClusterPlan:
 
 
 class Cluster:
-    def __init__(self, state_dir: Path, ports: Ports) -> None:
+    def __init__(
+        self, state_dir: Path, ports: Ports, *, loopback: bool = False, audit: AuditLog | None = None
+    ) -> None:
         self.dir = state_dir
         self.ports = ports
+        self.loopback = loopback
+        self.audit = audit
         self.daemons = Daemons(state_dir)
         self.network = network.Network(state_dir)
         self._tools: Tools | None = None
@@ -75,7 +83,8 @@ class Cluster:
 
     @property
     def control_plane(self) -> ControlPlane:
-        return ControlPlane(self.dir, self.ports, self.daemons, self.tools)
+        host = "127.0.0.1" if self.loopback else network.NODE_IP
+        return ControlPlane(self.dir, self.ports, self.daemons, self.tools, host=host, audit=self.audit)
 
     @property
     def node(self) -> RealNode:
@@ -101,12 +110,15 @@ class Cluster:
         return node_ok and self.control_plane.running()
 
     def up(self, plan: ClusterPlan) -> None:
+        if self.loopback and plan.real_node is not None:
+            raise ValueError("a loopback cluster has no bridge for a real node: plan real_node=None")
         started = time.monotonic()
         if self.running(plan):
             log("cluster", f"already running (pids in {self.daemons.pids}); reusing it")
         else:
             self.down(quiet=True)
-            self.network.up()
+            if not self.loopback:
+                self.network.up()
             cp = self.control_plane
             cp.up()
             if plan.real_node is not None:
@@ -151,17 +163,24 @@ class Cluster:
         return out.strip() == "True"
 
     def down(self, quiet: bool = False) -> None:
-        self.daemons.stop(dns.COMPONENT)
-        self.node.down()
-        self.control_plane.down()
-        self.network.down()
+        if self.loopback:
+            # Only our own daemons: the real node's clean-up is machine-wide (KUBE-* chains, cni-* network
+            # namespaces, kubepods cgroups, containerd's shared store) and would hit a default cluster.
+            self.control_plane.down()
+        else:
+            self.daemons.stop(dns.COMPONENT)
+            self.node.down()
+            self.control_plane.down()
+            self.network.down()
         if not quiet:
             log("cluster", "stopped")
 
     def leftovers(self) -> list[str]:
         """Everything of this cluster still on the machine after `down`: must be empty."""
-        found = network.leftovers()
-        found += [f"mount {m}" for m in leftover_mounts(self.dir, cache_dir() / "containerd")]
+        found: list[str] = []
+        if not self.loopback:
+            found += network.leftovers()
+            found += [f"mount {m}" for m in leftover_mounts(self.dir, cache_dir() / "containerd")]
         marker = str(self.dir)
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
@@ -171,7 +190,8 @@ class Cluster:
                     continue
                 if marker in cmdline and proc.name != str(os.getpid()):
                     found.append(f"process {proc.name}: {cmdline[:120]}")
-        found += [f"cgroup {p}" for p in Path("/sys/fs/cgroup").glob("*/kubepods")]
+        if not self.loopback:
+            found += [f"cgroup {p}" for p in Path("/sys/fs/cgroup").glob("*/kubepods")]
         return found
 
     def status(self) -> dict[str, bool]:

@@ -1,7 +1,8 @@
 """The control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (fake GPU nodes),
 the KubeRay CRDs and operator. The API server listens on the cluster bridge's address, so the real node's
 pods (the in-cluster operator) reach it through the `kubernetes` Service as in production; everything
-else listens on 127.0.0.1."""
+else listens on 127.0.0.1. A control plane without a real node (benchmarks) may put the API server on
+127.0.0.1 too (`host`), and may have it write an audit log (`audit`, off by default)."""
 
 from __future__ import annotations
 
@@ -111,6 +112,16 @@ class Ports:
 
 
 @dataclass(frozen=True)
+class AuditLog:
+    """An API-server audit log: JSON lines by the log backend, filtered by the policy file `policy`.
+    Blocking mode: each event is written before its request is answered, so a reader that has seen a
+    response finds its event in the file (batch mode buffers and may drop under load)."""
+
+    policy: Path
+    path: Path
+
+
+@dataclass(frozen=True)
 class FakeNodePlan:
     gpu_nodes: int
     gpus_per_node: int
@@ -121,17 +132,29 @@ class FakeNodePlan:
 
 
 class ControlPlane:
-    def __init__(self, state_dir: Path, ports: Ports, daemons: Daemons, tools: Tools) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        ports: Ports,
+        daemons: Daemons,
+        tools: Tools,
+        *,
+        host: str = NODE_IP,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.dir = state_dir
         self.ports = ports
         self.daemons = daemons
         self.tools = tools
+        # Where the API server listens: the bridge address (default), or 127.0.0.1 when there is no bridge.
+        self.host = host
+        self.audit = audit
         self.pki = Pki(state_dir / "pki")
         self.kubeconfig = state_dir / "kubeconfig"
 
     @property
     def server(self) -> str:
-        return f"https://{NODE_IP}:{self.ports.apiserver}"
+        return f"https://{self.host}:{self.ports.apiserver}"
 
     def kubeconfig_for(self, client: str) -> Path:
         path = self.dir / f"{client}.kubeconfig"
@@ -189,8 +212,10 @@ class ControlPlane:
                 self.tools.kubernetes / "kube-apiserver",
                 f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
                 # The bridge address: reachable from this machine and from the real node's pods alike,
-                # never from outside. The `kubernetes` Service's endpoints point here.
-                f"--bind-address={NODE_IP}",
+                # never from outside. The `kubernetes` Service's endpoints point here. Without a bridge
+                # (host 127.0.0.1) the advertised address stays the node address: the API server rejects a
+                # loopback one, and without real pods nothing dials the `kubernetes` Service.
+                f"--bind-address={self.host}",
                 f"--advertise-address={NODE_IP}",
                 f"--secure-port={self.ports.apiserver}",
                 f"--tls-cert-file={pki.cert('apiserver')}",
@@ -207,8 +232,22 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",
+                *self._audit_flags(),
             ],
         )
+
+    def _audit_flags(self) -> list[str]:
+        if self.audit is None:
+            return []
+        self.audit.path.parent.mkdir(parents=True, exist_ok=True)
+        return [
+            f"--audit-policy-file={self.audit.policy}",
+            f"--audit-log-path={self.audit.path}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+            # The log backend rotates at 100 MB by default; one file keeps a reader's offsets valid.
+            "--audit-log-maxsize=100000",
+        ]
 
     def _start_controller_manager(self) -> None:
         pki = self.pki
