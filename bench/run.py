@@ -16,6 +16,7 @@ from typing import Any
 
 from bench import manifests, phases, report
 from bench.audit import AuditLog, kuberay
+from bench.context import Context
 from bench.operator import FIXED_ENV, Operator, environment_overrides
 from bench.procstat import Sampler
 from bench.testbed import OPERATOR_NAMESPACE, Checkout, Testbed
@@ -87,7 +88,7 @@ def run_n(args: argparse.Namespace, checkout: Checkout, n: int, deadline: float)
         sampler = Sampler(pids)
         sampler.start()
         operator.start()
-        ctx = phases.Context(
+        ctx = Context(
             testbed=testbed,
             endpoint=testbed.endpoint(),
             audit=AuditLog(testbed.audit_log.path),
