@@ -177,6 +177,8 @@ def rows(runs: Sequence[Run]) -> list[Row]:
         )
     table += [
         ("peak RSS: operator / kube-apiserver / etcd / KubeRay (MiB)", _peaks),
+        ("peak RSS of the benchmark process (MiB)", _value("bench_peak_rss_mib")),
+        ("machine: lowest MemAvailable during the run (MiB)", _value("min_mem_available_mib")),
         ("run wall time (s)", _value("wall_seconds")),
         ("error", lambda r: str(r.get("error", "")) or "none"),
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -127,6 +128,8 @@ def run_n(args: argparse.Namespace, checkout: Checkout, n: int, deadline: float)
             sampler.stop()
             result["peak_rss_mib"] = {k: round(v / 2**20, 1) for k, v in sorted(sampler.peak_rss.items())}
             result["min_mem_available_mib"] = round(sampler.min_available / 2**20)
+        # The benchmark process itself (its watches' records and the parsed audit log), not its children.
+        result["bench_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         testbed.down()
         result["wall_seconds"] = round(time.monotonic() - started, 1)
         print(
