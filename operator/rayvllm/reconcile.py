@@ -11,10 +11,10 @@ I/O goes through k8s/, all Ray I/O through ray/, engine probes through engine.he
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from rayvllm.builders import RAY_AUTH_TOKEN_KEY, build_ray_cluster, build_service, ray_auth_secret_name
 from rayvllm.builders.labels import SERVING, SERVING_LABEL
@@ -37,6 +37,8 @@ from rayvllm.status import Observation, Problem, compute_status, unschedulable_p
 from rayvllm.supervisor import EngineContext, Supervisor
 from rayvllm.workers import plan_workers
 
+T = TypeVar("T")
+DASHBOARD_BACKOFF_LIMIT = 4
 # How long our own write may be missing from the watch before the watch is believed again.
 WATCH_LAG_SECONDS = 10.0
 
@@ -59,6 +61,19 @@ class Memory:
     ray_token: str | None = None
     ray_token_of: str | None = None
     """uid of the RayCluster the cached dashboard token belongs to (KubeRay makes one per cluster)."""
+    dashboard_failures: int = 0
+    """Passes in a row that found a ready RayCluster's dashboard unreachable: the next look backs off."""
+    derived: dict[str, tuple[Hashable, Any]] = field(default_factory=dict)
+    """Results of pure computations by their inputs: a settled object's pass recomputes nothing."""
+
+    def derive(self, name: str, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()`, or its last result if `key` (everything it depends on) is unchanged."""
+        cached = self.derived.get(name)
+        if cached is not None and cached[0] == key:
+            return cast(T, cached[1])
+        value = compute()
+        self.derived[name] = (key, value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -107,12 +122,21 @@ Step = Callable[[Pass, Clients], Awaitable[None]]
 
 
 async def validate(p: Pass, _: Clients) -> None:
-    """Admission rejects nearly everything; this catches what slipped past (an older CRD, a CEL gap)."""
-    try:
-        p.spec = parse_cluster(p.body).spec
-    except InvalidSpecError as invalid:
-        p.problems.append(Problem(Reason.INVALID_SPEC, str(invalid), fatal=True))
+    """Admission rejects nearly everything; this catches what slipped past (an older CRD, a CEL gap). The
+    spec changes only with metadata.generation, so it is parsed once per generation."""
+
+    def parse() -> VLLMClusterSpec | InvalidSpecError:
+        try:
+            return parse_cluster(p.body).spec
+        except InvalidSpecError as invalid:
+            return invalid
+
+    parsed = p.memory.derive("spec", (p.ref.uid, p.ref.generation), parse)
+    if isinstance(parsed, InvalidSpecError):
+        p.problems.append(Problem(Reason.INVALID_SPEC, str(parsed), fatal=True))
         p.done = True
+    else:
+        p.spec = parsed
 
 
 async def read_secrets(p: Pass, io: Clients) -> None:
@@ -132,15 +156,20 @@ async def apply_ray_cluster(p: Pass, io: Clients) -> None:
     if p.problems and observed is None:
         # Children that cannot work are not created; the problem is reported and rechecked each resync.
         return
-    pods = p.children.pods
-    workers = plan_workers(p.spec, p.engines, live_workers(pods))
-    built = build_ray_cluster(p.spec, p.ref.name, p.ref.namespace, p.ref.uid, workers)
-    if needs_apply(built, observed):
+    spec, pods = p.spec, p.children.pods
+    workers = plan_workers(spec, p.engines, live_workers(pods))
+    desired_key = (p.ref.uid, p.ref.generation, workers)
+    built, spec_hash = p.memory.derive(
+        "RayCluster",
+        desired_key,
+        lambda: _with_hash(build_ray_cluster(spec, p.ref.name, p.ref.namespace, p.ref.uid, workers)),
+    )
+    if _needs_apply(p, "RayCluster", desired_key, built, observed):
         observed = await io.kube.apply_raycluster(built)
         p.memory.written["RayCluster"] = (observed, p.now)
         p.outcome.writes += 1
     p.ray_cluster = observed
-    p.pods = count_pods(pods, pod_spec_hash(built["spec"]))
+    p.pods = count_pods(pods, spec_hash)
     p.problems += unschedulable_problems(pods)
 
 
@@ -148,11 +177,27 @@ async def apply_service(p: Pass, io: Clients) -> None:
     assert p.spec is not None
     if p.ray_cluster is None:
         return
+    spec = p.spec
     observed = _observed_child(p, "Service", p.children.service)
-    built = build_service(p.spec, p.ref.name, p.ref.namespace, p.ref.uid)
-    if needs_apply(built, observed):
+    desired_key = (p.ref.uid, p.ref.generation)
+    built = p.memory.derive(
+        "Service", desired_key, lambda: build_service(spec, p.ref.name, p.ref.namespace, p.ref.uid)
+    )
+    if _needs_apply(p, "Service", desired_key, built, observed):
         p.memory.written["Service"] = (await io.kube.apply_service(built), p.now)
         p.outcome.writes += 1
+
+
+def _with_hash(built: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    return built, pod_spec_hash(built["spec"])
+
+
+def _needs_apply(
+    p: Pass, kind: str, desired_key: Hashable, built: Mapping[str, Any], observed: Mapping[str, Any] | None
+) -> bool:
+    """needs_apply, compared again only when the desired object or the observed copy changed."""
+    key = (desired_key, None if observed is None else resource_version(observed))
+    return p.memory.derive(f"{kind}-drift", key, lambda: needs_apply(built, observed))
 
 
 def _observed_child(p: Pass, kind: str, indexed: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -177,6 +222,8 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
     if p.ray_cluster is None:
         return
     cluster_ready = p.pods is not None and p.pods.head_ready and p.pods.ready_workers >= spec.desired_workers
+    if not cluster_ready and not p.engines:
+        return  # nothing runs yet and nothing may start: no need to ask Ray (the pods' watch wakes us)
     api_key_ref = spec.engine.api_key_secret_ref
     ctx = EngineContext(
         ref=p.ref,
@@ -205,10 +252,16 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
             p.problems.append(
                 Problem(Reason.RAY_DASHBOARD_UNREACHABLE, f"Ray dashboard {ray.base_url}: {unreachable}")
             )
-            p.outcome.requeue_after = p.settings.resync_seconds
+            # Asking a dashboard that does not answer every resync helps nobody: back off, up to
+            # DASHBOARD_BACKOFF_LIMIT resyncs (a change of its pods still wakes the loop at once).
+            p.memory.dashboard_failures += 1
+            p.outcome.requeue_after = p.settings.resync_seconds * min(
+                2 ** (p.memory.dashboard_failures - 1), DASHBOARD_BACKOFF_LIMIT
+            )
         return
     finally:
         await ray.aclose()
+    p.memory.dashboard_failures = 0
     p.engines = result.engines
     p.outcome.events += result.events
     p.outcome.requeue_after = result.requeue_after
@@ -233,7 +286,19 @@ async def label_serving_pods(
 
 
 async def write_status(p: Pass, io: Clients) -> None:
-    """The status is computed whole and written only when it differs from the stored one."""
+    """The status is computed whole and written only when it differs from the stored one. When nothing it
+    depends on changed since the last pass (the stored status included), it stands as it is."""
+    inputs = (
+        resource_version(p.body),
+        p.ref.generation,
+        None if p.ray_cluster is None else resource_version(p.ray_cluster),
+        p.pods,
+        tuple(p.problems),
+        tuple(e.model_dump_json() for e in p.engines),
+    )
+    last = p.memory.derived.get("status")
+    if last is not None and last[0] == inputs:
+        return
     observation = Observation(
         ref=p.ref,
         spec=p.spec,
@@ -251,6 +316,7 @@ async def write_status(p: Pass, io: Clients) -> None:
         await io.kube.replace_status(p.ref.namespace, p.ref.name, new)
         p.outcome.status = new
         p.outcome.writes += 1
+    p.memory.derived["status"] = (inputs, None)  # only once it is stored: a failed write is tried again
 
 
 STEPS: tuple[Step, ...] = (
@@ -272,7 +338,9 @@ async def reconcile(
     memory: Memory,
     now: datetime,
 ) -> Outcome:
-    previous = parse_previous_status(body.get("status"))
+    previous = memory.derive(
+        "previous-status", resource_version(body), lambda: parse_previous_status(body.get("status"))
+    )
     p = Pass(
         ref=ClusterRef.of(body),
         body=body,

@@ -209,3 +209,22 @@ def test_an_invalid_spec_fails_with_its_field_and_keeps_transition_times() -> No
         T0.replace(hour=13),
     )
     assert later == status
+
+
+# ---- a settled object's pass recomputes nothing -----------------------------------------------------
+
+
+def test_memory_recomputes_only_when_the_inputs_change() -> None:
+    from rayvllm.reconcile import Memory
+
+    memory, calls = Memory(), []
+
+    def compute() -> int:
+        calls.append(1)
+        return len(calls)
+
+    assert memory.derive("x", ("gen", 1), compute) == 1
+    assert memory.derive("x", ("gen", 1), compute) == 1
+    assert memory.derive("x", ("gen", 2), compute) == 2
+    assert memory.derive("y", ("gen", 2), compute) == 3
+    assert len(calls) == 3

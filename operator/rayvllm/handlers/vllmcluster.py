@@ -53,6 +53,7 @@ def _post(body: kopf.Body, outcome: Outcome) -> None:
 
 
 def _resync_delay(settings: Settings) -> float:
+    """A resync period, spread so that objects created together do not stay in step."""
     spread = settings.resync_jitter
     return settings.resync_seconds * random.uniform(1 - spread, 1 + spread)
 
@@ -81,14 +82,18 @@ async def _pass(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], logger: 
             metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
             logger.warning("reconcile: will retry: %s", exc)
             return _resync_delay(settings)
-        metrics.record(namespace, name, outcome.status or body.get("status") or {})
+        if outcome.status is not None or not memo.get("recorded"):
+            metrics.record(namespace, name, outcome.status or body.get("status") or {})
+            memo.recorded = True
         _post(body, outcome)
     if outcome.status is not None:
         summary = str(outcome.status.get("message", "")).splitlines()[0:1]
         logger.info("status: phase=%s %s", outcome.status.get("phase"), summary[0] if summary else "")
-    if outcome.requeue_after is not None:
-        return min(outcome.requeue_after, _resync_delay(settings))
-    return _resync_delay(settings)
+    if outcome.requeue_after is None:
+        return _resync_delay(settings)
+    if outcome.requeue_after >= settings.resync_seconds:
+        return outcome.requeue_after * _resync_delay(settings) / settings.resync_seconds
+    return outcome.requeue_after
 
 
 @kopf.on.event(*RESOURCE)
