@@ -18,6 +18,7 @@ from rayvllm.models import EngineStatus, Phase, parse_spec
 from rayvllm.observed import count_pods, live_workers, newer, pod_view, trimmed
 from rayvllm.plans import secret_problems, secret_uses, serving_changes
 from rayvllm.reasons import Reason
+from rayvllm.reconcile import Memory
 from rayvllm.status import Observation, Problem, compute_status, unschedulable_problems
 from rayvllm.workers import WorkerPlan
 
@@ -215,8 +216,6 @@ def test_an_invalid_spec_fails_with_its_field_and_keeps_transition_times() -> No
 
 
 def test_memory_recomputes_only_when_the_inputs_change() -> None:
-    from rayvllm.reconcile import Memory
-
     memory, calls = Memory(), []
 
     def compute() -> int:
