@@ -5,6 +5,7 @@ the run's deadline."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -164,6 +165,8 @@ def steady(ctx: Context, rec: Recorder, label: str) -> dict[str, Any]:
     window = ctx.sampler.open_window()
     ctx.sleep(ctx.steady_seconds)
     wall_end = time.time()
+    # The machine is shared: a load far above what this cluster makes flags a window disturbed from outside.
+    load = os.getloadavg()
     usage = ctx.sampler.close_window(window)
     time.sleep(2)  # requests received before the end are answered, so logged, by now
     seconds = wall_end - wall_start
@@ -178,6 +181,7 @@ def steady(ctx: Context, rec: Recorder, label: str) -> dict[str, Any]:
         "operator_writes_total": len(ours),
         "kuberay_writes_per_object_minute": per_object_minute(theirs, ctx.n, seconds),
         "usage": {name: asdict(u) for name, u in usage.items()},
+        "load_average_at_end": [round(x, 2) for x in load],
     }
 
 
