@@ -169,6 +169,7 @@ def rows(runs: Sequence[Run]) -> list[Row]:
         table.append(
             (f"{phase} steady: kube-apiserver CPU % / RSS mean / max (MiB)", _usage(phase, "kube-apiserver"))
         )
+        table.append((f"{phase} steady: machine load average 1 / 5 min at the end", _load(phase)))
         table.append(
             (
                 f"{phase}: delete all N → finalizers released (s)",
@@ -183,6 +184,14 @@ def rows(runs: Sequence[Run]) -> list[Row]:
         ("error", lambda r: str(r.get("error", "")) or "none"),
     ]
     return table
+
+
+def _load(phase: str) -> Callable[[Run], str]:
+    def cell(run: Run) -> str:
+        load = _get(run, phase, "steady", "load_average_at_end")
+        return NONE if not load else f"{load[0]:.1f} / {load[1]:.1f}"
+
+    return cell
 
 
 def _peaks(run: Run) -> str:
