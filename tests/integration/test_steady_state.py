@@ -48,11 +48,13 @@ def test_a_settled_object_costs_no_writes(kube: Kube, namespace: str, operator: 
     settle(kube, namespace, name)
     time.sleep(3)  # the last status write's echo and KubeRay's own settling
     before, passes_before = apiserver_writes(kube), passes(operator)
-    window = 12.0  # six resync periods of the integration operator
+    # Ray is unreachable here, so the loop backs off to 4 resyncs (8 s +-20%) between passes: 30 s holds at
+    # least three of them.
+    window = 30.0
     time.sleep(window)
     writes, passed = write_delta(apiserver_writes(kube), before), passes(operator) - passes_before
     # The loop did run (and would have re-applied the RayCluster and Service each pass before).
-    assert passed >= 4, f"only {passed} reconcile passes in {window}s"
+    assert passed >= 3, f"only {passed} reconcile passes in {window}s"
     ours = operator_writes(writes)
     assert ours == {}, f"writes at rest in {window}s: {ours}"
 
