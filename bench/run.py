@@ -4,6 +4,7 @@ measured, and the cluster torn down whatever happens (also on Ctrl-C or SIGTERM)
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import resource
@@ -13,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 from bench import manifests, phases, report
 from bench.audit import AuditLog, kuberay
@@ -26,6 +27,7 @@ from hack.localcluster.procs import REPO, log
 DEFAULT_STATE = Path("/tmp/rayvllm-bench")
 # Far from the default cluster's 26400-26414.
 DEFAULT_PORT_BASE = 27400
+TEARDOWN_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -122,6 +124,8 @@ def run_n(args: argparse.Namespace, checkout: Checkout, n: int, deadline: float)
         if operator is not None:
             result["operator_log_tail"] = operator.log_tail()
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the teardown short: they wait until it is done.
+        signal.pthread_sigmask(signal.SIG_BLOCK, TEARDOWN_SIGNALS)
         if operator is not None:
             operator.stop()
         if sampler is not None:
@@ -137,6 +141,7 @@ def run_n(args: argparse.Namespace, checkout: Checkout, n: int, deadline: float)
             file=sys.stderr,
             flush=True,
         )
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, TEARDOWN_SIGNALS)
     return result
 
 
@@ -155,18 +160,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "runs": [],
     }
+    lock = _lock(args.state_dir)
     try:
         for n in args.n:
             results["runs"].append(run_n(args, checkout, n, deadline))
             _write(args.out, results, started)
     except KeyboardInterrupt:
-        log("bench", "interrupted: cluster torn down; partial results kept")
+        log("bench", "interrupted (the cluster was torn down); partial results kept")
         _write(args.out, results, started)
         return 130
+    finally:
+        lock.close()
     table = report.markdown([results])
     print(table)
     log("bench", f"results: {args.out}; total {time.monotonic() - started:.0f}s")
     return 1 if any("error" in r for r in results["runs"]) else 0
+
+
+def _lock(state_dir: Path) -> TextIO:
+    """One benchmark per state directory: a second one would tear the first one's cluster down (its `up`
+    stops what the pid files name) and share its ports."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = (state_dir / "bench.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(
+            f"another benchmark runs in {state_dir}: give this one --state-dir and --port-base"
+        ) from None
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def _default_label(described: dict[str, Any]) -> str:

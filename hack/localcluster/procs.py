@@ -153,7 +153,7 @@ class Daemons:
         if alive(pid):
             log(component, f"stopping {name} (pid {pid})")
             terminate_group(pid, grace)
-        (self.pids / f"{name}.pid").unlink()
+        (self.pids / f"{name}.pid").unlink(missing_ok=True)  # another `down` may have been first
 
     def dead(self, names: Sequence[str]) -> list[str]:
         """Those of `names` that were started and have exited."""
