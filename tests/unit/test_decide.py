@@ -31,7 +31,9 @@ from rayvllm.engine.decide import (
     RETIRED_SUSPENDED,
     Observed,
     decide,
+    engine_base_url,
     free_engine_slots,
+    judge_without_ray,
     leaving_records,
     plan_replicas,
     probe_address,
@@ -671,3 +673,46 @@ def test_decision_modules_import_nothing_that_does_io(module: str) -> None:
     assert imported, "the parse found no imports at all"
     bad = [name for name in imported if any(name == i or name.startswith(i + ".") for i in IMPURE)]
     assert not bad, bad
+
+
+# ---- a Ray dashboard that does not answer ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "url"),
+    [
+        pytest.param(serving(), f"http://{POD_IP}:8000", id="serving: asked at its probe address"),
+        pytest.param(
+            serving(ready=False, unhealthy_since=NOW - timedelta(seconds=5)),
+            f"http://{POD_IP}:8000",
+            id="unhealthy within grace: asked",
+        ),
+        pytest.param(submitted(url=f"http://{POD_IP}:8000/v1"), None, id="never served: waits for Ray"),
+        pytest.param(serving(url=None), None, id="no address known"),
+        pytest.param(serving(index=2), None, id="leaving (scaled down): not asked"),
+        pytest.param(serving(config_hash="old"), None, id="old settings: not asked"),
+    ],
+)
+def test_which_engines_are_asked_themselves_without_ray(record: EngineStatus, url: str | None) -> None:
+    assert engine_base_url(record, CTX) == url
+
+
+def test_without_ray_an_engine_that_answers_keeps_serving() -> None:
+    kept = judge_without_ray(serving(), READY)
+    assert kept.ready and kept.health == "Ready" and kept.unhealthy_since is None
+
+
+@pytest.mark.parametrize("state", [EngineState.UNHEALTHY, EngineState.UNRESPONSIVE, EngineState.HUNG])
+def test_without_ray_an_engine_that_does_not_answer_leaves_the_service_but_is_not_restarted(
+    state: EngineState,
+) -> None:
+    record = serving()
+    kept = judge_without_ray(record, probe(state))
+    assert not kept.ready and kept.health == state.value
+    # Nothing else moves: no failure, no restart count, no grace clock (they resume with Ray).
+    same = ("submission_id", "attempt", "restarts", "unhealthy_since", "last_failure", "restart_after")
+    assert {f: getattr(kept, f) for f in same} == {f: getattr(record, f) for f in same}
+
+
+def test_without_ray_an_engine_not_asked_is_not_ready() -> None:
+    assert not judge_without_ray(serving(), None).ready

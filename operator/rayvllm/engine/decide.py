@@ -258,6 +258,29 @@ def _drain(record: EngineStatus, ctx: EngineContext) -> Drain:
     return Drain(draining, started=record.draining_since is None, drain_seconds=ctx.settings.drain_seconds)
 
 
+# ---- without Ray ---------------------------------------------------------------------------------------
+
+
+def engine_base_url(record: EngineStatus, ctx: EngineContext) -> str | None:
+    """Where a staying engine of the current settings that has served was last seen (its probe address):
+    the engines worth asking themselves while the Ray dashboard does not answer."""
+    if not watched(record, ctx) or record.url is None:
+        return None
+    if not (record.ready or record.unhealthy_since is not None):
+        return None
+    return record.url.removesuffix("/v1")
+
+
+def judge_without_ray(record: EngineStatus, probe: EngineProbe | None) -> EngineStatus:
+    """The Ray dashboard did not answer, so Ray's view of the jobs is unknown: nothing is submitted,
+    restarted or stopped on its account. An engine that has served keeps serving while its own probe says
+    it does (a dashboard fault alone never takes it out of the Service); the rest count as not ready until
+    Ray answers again. Grace and restarts resume with Ray."""
+    if probe is None:
+        return record.model_copy(update={"ready": False})
+    return record.model_copy(update={"ready": probe.ready, "health": probe.state.value})
+
+
 # ---- several replicas, and the next look -------------------------------------------------------------
 
 

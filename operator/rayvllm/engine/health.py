@@ -7,7 +7,20 @@ port, connections are refused. /health is never behind the API key; /v1/* is.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from rayvllm.engine.canary import (
+    CanaryAnswer,
+    CanaryOutcome,
+    CanaryRecord,
+    canary_due,
+    first_record,
+    judge_canary,
+)
 
 # Re-exported (the `as` form): callers of the probe take its result types from here too.
 from rayvllm.engine.probe import EngineProbe as EngineProbe
@@ -74,15 +87,123 @@ def _model_ids(response: httpx.Response) -> tuple[str, ...]:
     return tuple(str(item["id"]) for item in data if isinstance(item, dict) and "id" in item)
 
 
+# vLLM's progress counters: tokens prefilled and generated since the engine started.
+PROGRESS_COUNTERS = frozenset({"vllm:generation_tokens_total", "vllm:prompt_tokens_total"})
+
+
+def progress_tokens(metrics_text: str) -> float | None:
+    """The sum of vLLM's token counters in a /metrics answer (None: it has none). Samples are matched by
+    name, so an answer without TYPE lines counts too."""
+    total: float | None = None
+    try:
+        for family in text_string_to_metric_families(metrics_text):
+            for sample in family.samples:
+                if sample.name in PROGRESS_COUNTERS:
+                    total = (total or 0.0) + sample.value
+    except ValueError:
+        return None
+    return total
+
+
+async def read_progress(client: httpx.AsyncClient, base_url: str, http_timeout: float) -> float | None:
+    try:
+        response = await client.get(f"{base_url.rstrip('/')}/metrics", timeout=http_timeout)
+    except httpx.HTTPError:
+        return None
+    return progress_tokens(response.text) if response.status_code == 200 else None
+
+
+async def canary_completion(
+    client: httpx.AsyncClient,
+    base_url: str,
+    served_model_name: str,
+    api_key: str | None,
+    canary_timeout: float,
+) -> CanaryAnswer:
+    """One completion of one token (`max_tokens: 1`), bounded by `canary_timeout`, with the engine's token counters
+    read before and after it."""
+    base = base_url.rstrip("/")
+    before = await read_progress(client, base, canary_timeout)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {"model": served_model_name, "prompt": "Hi", "max_tokens": 1, "temperature": 0}
+    try:
+        response = await client.post(
+            f"{base}/v1/completions", json=body, headers=headers, timeout=canary_timeout
+        )
+    except httpx.TimeoutException:
+        after = await read_progress(client, base, canary_timeout)
+        return CanaryAnswer(CanaryOutcome.TIMED_OUT, f"timed out after {canary_timeout:.0f}s", before, after)
+    except httpx.TransportError as e:
+        return CanaryAnswer(CanaryOutcome.FAILED, f"{type(e).__name__}: {e}", before, None)
+    if response.status_code != 200:
+        detail = f"HTTP {response.status_code}: {response.text.strip()[-300:]}"
+        return CanaryAnswer(
+            CanaryOutcome.FAILED, detail, before, await read_progress(client, base, canary_timeout)
+        )
+    return CanaryAnswer(CanaryOutcome.ANSWERED, "answered", before, None)
+
+
 class EngineProber:
     """Probes engines over one shared HTTP client (the operator's connection pool), each call bounded by
-    `timeout` seconds."""
+    `timeout` seconds, and runs each healthy engine's canary completion every `canary_interval` seconds
+    (0: never) within `canary_timeout` (engine.canary). Canary records live here, in the operator's memory:
+    after an operator restart the clock starts again at each engine's first healthy probe."""
 
-    def __init__(self, client: httpx.AsyncClient | None = None, timeout: float = 5.0) -> None:
+    # Records older than this many intervals belong to engines nobody probes any more.
+    FORGET_AFTER_INTERVALS = 10
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient | None = None,
+        timeout: float = 5.0,
+        *,
+        canary_interval: float = 0.0,
+        canary_timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         self._timeout = timeout
+        self._canary_interval = canary_interval
+        self._canary_timeout = canary_timeout
+        self._clock = clock
+        self._canaries: dict[tuple[str, str], CanaryRecord] = {}
+        self._forgotten_at = clock()
 
     async def probe(self, base_url: str, served_model_name: str, api_key: str | None = None) -> EngineProbe:
-        return await probe_engine(
+        probe = await probe_engine(
             base_url, served_model_name, api_key=api_key, http_timeout=self._timeout, client=self._client
         )
+        if not probe.ready or self._canary_interval <= 0:
+            return probe
+        return await self._with_canary(probe, base_url, served_model_name, api_key)
+
+    async def _with_canary(
+        self, probe: EngineProbe, base_url: str, served_model_name: str, api_key: str | None
+    ) -> EngineProbe:
+        key, now = (base_url, served_model_name), self._clock()
+        self._forget_old(now)
+        last = self._canaries.get(key)
+        if last is None:
+            self._canaries[key] = first_record(now)
+            return probe
+        if not canary_due(last, now, self._canary_interval):
+            return probe
+        if self._client is None:
+            async with httpx.AsyncClient(timeout=self._timeout) as client:
+                answer = await canary_completion(
+                    client, base_url, served_model_name, api_key, self._canary_timeout
+                )
+        else:
+            answer = await canary_completion(
+                self._client, base_url, served_model_name, api_key, self._canary_timeout
+            )
+        verdict = judge_canary(answer)
+        self._canaries[key] = CanaryRecord(at=self._clock(), passed=verdict is None)
+        return probe if verdict is None else verdict
+
+    def _forget_old(self, now: float) -> None:
+        horizon = self._canary_interval * self.FORGET_AFTER_INTERVALS
+        if now - self._forgotten_at < horizon:
+            return
+        self._forgotten_at = now
+        self._canaries = {k: r for k, r in self._canaries.items() if now - r.at < horizon}

@@ -19,6 +19,11 @@ class EngineState(StrEnum):
     MODEL_NOT_SERVED = "ModelNotServed"
     # /v1/models refused the API key the operator holds.
     UNAUTHORIZED = "Unauthorized"
+    # Healthy and listing the model, but the canary's one-token completion timed out while the engine's
+    # token counters stood still: frozen (engine.canary).
+    HUNG = "Hung"
+    # Healthy and listing the model, but the canary's completion failed outright (dead Ray workers).
+    NOT_GENERATING = "NotGenerating"
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,12 @@ async def configure(
     memo.clients = Clients(
         kube=Kubernetes(api, s.field_manager),
         dashboards=Dashboards(http, s.http_timeout_seconds),
-        prober=EngineProber(http, s.http_timeout_seconds),
+        prober=EngineProber(
+            http,
+            s.http_timeout_seconds,
+            canary_interval=s.canary_interval_seconds,
+            canary_timeout=s.canary_timeout_seconds,
+        ),
         limiter=asyncio.Semaphore(s.probe_concurrency),
     )
     logger.info("rayvllm operator configured: %s", memo.settings.model_dump())

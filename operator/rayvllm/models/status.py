@@ -75,7 +75,8 @@ class EngineStatus(StatusModel):
         max_length=32,
         description=(
             "What the engine's last health probe found: Ready, Starting, Unhealthy, Unresponsive, "
-            "ModelNotServed or Unauthorized. Unset from each submission until that attempt's first probe."
+            "ModelNotServed, Unauthorized, or (from the canary completion) Hung or NotGenerating. Unset "
+            "from each submission until that attempt's first probe."
         ),
     )
     url: str | None = Field(None, max_length=1024, description="Where the engine's API server listens.")

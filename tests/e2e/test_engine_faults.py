@@ -1,0 +1,224 @@
+"""Faults that leave an engine's API answering while something behind it is gone, on real pods under a
+steady load through the endpoint Service (the official `openai` client, retries off, every failure
+counted):
+
+- the Ray dashboard frozen (SIGSTOP of its process in the head pod): Ray's view of the jobs is unknown,
+  but the engine still answers its own probe, so it keeps serving: no request fails, no restart, and the
+  status says `RayDashboardUnreachable` until the dashboard answers again;
+- the engine hung (SIGSTOP of vLLM's engine core in the worker pod): `/health` and `/v1/models` still
+  answer 200, only the canary completion finds it (it times out while the engine's token counters stand
+  still); the engine is restarted within canary interval + canary timeout + unhealthy grace, and nothing
+  of the frozen attempt is left behind.
+
+The VLLMCluster carries an HF token and an API key from a Secret (the probes and the canary present the
+key); at the end no value of either appears in its status, its Events, the operator's log, its Ray job
+records (entrypoint, metadata, runtime_env) or its RayCluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hack.localcluster.helm_release import OperatorRelease
+from rayvllm.ray.http import AUTH_HEADER
+from tests.e2e.conftest import E2E_SETTINGS
+from tests.e2e.realnode import RealNodeWorld, dashboard_of, pods_of
+from tests.e2e.serving import (
+    Load,
+    conditions,
+    endpoint,
+    engines,
+    jobs_of,
+    manifest,
+    report,
+    serving_ips,
+    vllm,
+    wait_ready,
+)
+from tests.support.kube import Kube
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.e2e
+
+DASHBOARD_PROCESS = "ray/dashboard/dashboard.py"
+ENGINE_CORE_PROCESS = "VLLM::EngineCore"
+HF_TOKEN = "hf_e2eFaultsTokenNeverLogged0123456789"
+API_KEY = "sk-e2e-faults-key-never-logged-0123456789"
+# Short enough that KubeRay's head readiness probe (which asks the dashboard) does not fail the head pod.
+DASHBOARD_FROZEN_SECONDS = 20.0
+
+
+def signal_in_pod(kube: Kube, namespace: str, pod: str, container: str, signal: str, pattern: str) -> None:
+    kube.kubectl("exec", "-n", namespace, pod, "-c", container, "--", "pkill", f"-{signal}", "-f", pattern)
+
+
+def stopped_processes(pattern: str) -> list[int]:
+    """Processes on this machine (the pods' included) in state T (stopped) whose command line has
+    `pattern`: what a frozen engine would leave behind if its attempt were not cleaned up."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if state == "T" and pattern in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def ray_job_records(kube: Kube, namespace: str, name: str) -> str:
+    """Every Ray job record of this VLLMCluster as Ray's Jobs API returns it (GET /api/jobs/), as text."""
+    url, token = dashboard_of(kube, namespace, name)
+    listed = httpx.get(f"{url}/api/jobs/", headers={AUTH_HEADER: f"Bearer {token}"}, timeout=10)
+    listed.raise_for_status()
+    mine = [j for j in listed.json() if (j.get("metadata") or {}).get("rayvllm.io/name") == name]
+    assert mine, "no Ray job of this VLLMCluster found"
+    return json.dumps(mine)
+
+
+def pod_of_role(kube: Kube, namespace: str, name: str, role: str) -> str:
+    pods = [
+        p for p in pods_of(kube, namespace, name) if p["metadata"]["labels"].get("ray.io/node-type") == role
+    ]
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    return str(pods[0]["metadata"]["name"])
+
+
+@pytest.mark.timeout(1200)
+def test_dashboard_freeze_keeps_serving_and_a_hung_engine_is_restarted(
+    kube: Kube,
+    namespace: str,
+    volumes: None,
+    in_cluster_operator: OperatorRelease,
+    real_node: RealNodeWorld,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name, served = "faults", "tiny-llama"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "faults-credentials"},
+        "stringData": {"hf-token": HF_TOKEN, "api-key": API_KEY},
+    }
+    kube.apply(secret, namespace)
+    body = manifest(name, real_node)
+    body["spec"]["model"]["hfTokenSecretRef"] = {"name": "faults-credentials", "key": "hf-token"}
+    body["spec"]["engine"]["apiKeySecretRef"] = {"name": "faults-credentials", "key": "api-key"}
+    kube.apply(body, namespace)
+    obj = wait_ready(kube, namespace, name)
+    engine = engines(obj)[0]
+    base_url = endpoint(kube, namespace, name)
+    head = pod_of_role(kube, namespace, name, "head")
+    worker = engine["podName"]
+    wait_for(
+        lambda: len(serving_ips(kube, namespace, name)) == 1, timeout=60, what="the Service on the engine"
+    )
+
+    # 1. The dashboard frozen under load: the engine serves on, nothing is restarted, the status tells.
+    seen_unreachable: list[dict[str, Any]] = []
+    with Load(base_url, served, rate=2.0, limit=400, api_key=API_KEY) as load:
+        time.sleep(2)
+        signal_in_pod(kube, namespace, head, "ray-head", "STOP", DASHBOARD_PROCESS)
+        try:
+            deadline = time.monotonic() + DASHBOARD_FROZEN_SECONDS
+            while time.monotonic() < deadline:
+                current = vllm(kube, namespace, name)
+                if any(c.get("reason") == "RayDashboardUnreachable" for c in conditions(current).values()):
+                    seen_unreachable.append(current)
+                time.sleep(1)
+        finally:
+            signal_in_pod(kube, namespace, head, "ray-head", "CONT", DASHBOARD_PROCESS)
+        thawed = time.monotonic()
+
+        def recovered() -> dict[str, Any] | None:
+            current = vllm(kube, namespace, name)
+            reasons = {c.get("reason") for c in conditions(current).values()}
+            return (
+                current
+                if "RayDashboardUnreachable" not in reasons and current["status"]["readyReplicas"] == 1
+                else None
+            )
+
+        obj = wait_for(recovered, timeout=120, interval=1, what="the status without RayDashboardUnreachable")
+        recovery = time.monotonic() - thawed
+        time.sleep(2)
+    assert seen_unreachable, "the status never said RayDashboardUnreachable while the dashboard was frozen"
+    assert all(s["status"]["readyReplicas"] == 1 for s in seen_unreachable), "the engine left the Service"
+    assert load.sent >= 2 * DASHBOARD_FROZEN_SECONDS * 0.8 and load.failures == [], (
+        load.sent,
+        load.failures[:5],
+    )
+    after = engines(obj)[0]
+    assert (after["submissionId"], after["restarts"]) == (engine["submissionId"], engine["restarts"])
+    report(capsys, "dashboard frozen 20 s", {"recoveredAfterThaw": recovery})
+    with capsys.disabled():
+        print(f"[e2e measurement] requests while the dashboard was frozen: sent={load.sent}, failed=0")
+
+    # 2. The engine core frozen: /health and /v1/models still answer; the canary finds it.
+    frozen_id = after["submissionId"]
+    with Load(base_url, served, rate=2.0, limit=600, api_key=API_KEY) as hung_load:
+        signal_in_pod(kube, namespace, worker, "ray-worker", "STOP", ENGINE_CORE_PROCESS)
+        frozen = time.monotonic()
+
+        def judged() -> dict[str, Any] | None:
+            e = engines(vllm(kube, namespace, name)).get(0, {})
+            return (
+                e
+                if e.get("submissionId") != frozen_id or e.get("health") in ("Hung", "NotGenerating")
+                else None
+            )
+
+        wait_for(judged, timeout=120, interval=0.5, what="the frozen engine found by the canary")
+        detected = time.monotonic() - frozen
+
+        def restarted() -> dict[str, Any] | None:
+            current = vllm(kube, namespace, name)
+            e = engines(current).get(0, {})
+            return current if e.get("submissionId") != frozen_id else None
+
+        wait_for(restarted, timeout=120, interval=0.5, what="the frozen engine restarted")
+        restart_decided = time.monotonic() - frozen
+        obj = wait_ready(kube, namespace, name)
+        healed = time.monotonic() - frozen
+    engine = engines(obj)[0]
+    assert engine["restarts"] == 1 and "canary" in (engine.get("lastFailure") or ""), engine
+    bound = E2E_SETTINGS["canaryIntervalSeconds"] + 10 + E2E_SETTINGS["unhealthyGraceSeconds"]
+    # The loop looks every resync (2 s here) and each look takes its own calls' time: a few seconds of slack.
+    assert restart_decided <= bound + 15, (restart_decided, bound)
+    assert jobs_of(kube, namespace, name)[frozen_id] in ("STOPPED", "FAILED")
+    wait_for(lambda: not stopped_processes("VLLM"), timeout=60, what="no frozen vLLM process left")
+    report(
+        capsys,
+        "engine core frozen (SIGSTOP)",
+        {"detected": detected, "restartDecided": restart_decided, "readyAgain": healed},
+    )
+    with capsys.disabled():
+        print(
+            f"[e2e measurement] requests while the engine hung (one replica): sent={hung_load.sent}, "
+            f"failed={len(hung_load.failures)}"
+        )
+
+    # 3. Secrets never leak: not in status, Events, the operator's log, Ray's job records, the RayCluster.
+    places = {
+        "status": json.dumps(vllm(kube, namespace, name).get("status")),
+        "events": json.dumps(kube.events(namespace, name)),
+        "operator log": in_cluster_operator.logs(),
+        "ray jobs": ray_job_records(kube, namespace, name),
+        "raycluster": json.dumps(kube.get_json("raycluster", name, "-n", namespace)),
+    }
+    leaks = [(where, what) for where, text in places.items() for what in (HF_TOKEN, API_KEY) if what in text]
+    assert leaks == [], leaks
+    assert all(places.values()), {k: len(v) for k, v in places.items()}
+
+    kube.kubectl("delete", "vllm", name, "-n", namespace, "--timeout=180s")
+    wait_for(lambda: not pods_of(kube, namespace, name), timeout=420, interval=1, what="the Ray pods to go")
+    assert kube.get_json("raycluster", name, "-n", namespace) is None
