@@ -39,6 +39,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint.url"},
+    {"name": "GPUs", "type": "string", "jsonPath": ".status.rayCluster.resources.gpuUsage", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

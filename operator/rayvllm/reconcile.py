@@ -27,7 +27,7 @@ from rayvllm.identity import ClusterRef
 from rayvllm.k8s.resources import Kubernetes
 from rayvllm.models.resource import parse_cluster, parse_previous_status
 from rayvllm.models.spec import VLLMClusterSpec
-from rayvllm.models.status import ConditionType, EngineStatus, Phase, VLLMClusterStatus
+from rayvllm.models.status import ConditionType, EngineStatus, Phase, RayResourcesStatus, VLLMClusterStatus
 from rayvllm.observed import PodCounts, PodView, count_pods, live_workers, newer, resource_version
 from rayvllm.plans import secret_problems, secret_uses, serving_changes
 from rayvllm.ray import Dashboards, RayDashboardClient
@@ -35,6 +35,7 @@ from rayvllm.reasons import EventReason, Reason
 from rayvllm.settings import Settings
 from rayvllm.status import Observation, Problem, compute_status, unschedulable_problems
 from rayvllm.supervisor import EngineContext, Supervisor
+from rayvllm.usage import summarize
 from rayvllm.workers import plan_workers
 
 T = TypeVar("T")
@@ -113,6 +114,9 @@ class Pass:
     ray_cluster: Mapping[str, Any] | None = None
     pods: PodCounts | None = None
     engines: list[EngineStatus] = field(default_factory=list)
+    dashboard_url: str | None = None
+    ray_resources: RayResourcesStatus | None = None
+    """Read this pass (None: not read; status keeps what it last showed)."""
     outcome: Outcome = field(default_factory=lambda: Outcome(status=None))
     done: bool = False
     """Set by a step after which only the status step runs (an invalid spec)."""
@@ -234,6 +238,7 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
         pod_by_ip={pod.ip: pod.name for pod in p.children.pods if pod.ip},
     )
     ray = await _dashboard(p, io)
+    p.dashboard_url = ray.base_url
     try:
         async with io.limiter:
             healthy = await ray.gcs_healthy()
@@ -267,6 +272,7 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
     finally:
         await ray.aclose()
     p.memory.dashboard_failures = 0
+    p.ray_resources = None if result.resources is None else summarize(result.resources)
     p.engines = result.engines
     p.outcome.events += result.events
     p.outcome.requeue_after = result.requeue_after
@@ -300,6 +306,8 @@ async def write_status(p: Pass, io: Clients) -> None:
         p.pods,
         tuple(p.problems),
         tuple(e.model_dump_json() for e in p.engines),
+        p.dashboard_url,
+        None if p.ray_resources is None else p.ray_resources.model_dump_json(),
     )
     last = p.memory.derived.get("status")
     if last is not None and last[0] == inputs:
@@ -312,6 +320,8 @@ async def write_status(p: Pass, io: Clients) -> None:
         engines=p.engines,
         problems=p.problems,
         previous=p.previous,
+        dashboard_url=p.dashboard_url,
+        ray_resources=p.ray_resources,
     )
     status = compute_status(observation, p.now)
     new = status.to_wire()

@@ -26,6 +26,7 @@ from rayvllm.models.status import (
     EngineStatus,
     Phase,
     RayClusterStatus,
+    RayResourcesStatus,
     VLLMClusterStatus,
 )
 from rayvllm.observed import PodCounts, PodView
@@ -62,6 +63,10 @@ class Observation:
     engines: Sequence[EngineStatus] = ()
     problems: Sequence[Problem] = ()
     previous: VLLMClusterStatus | None = None
+    dashboard_url: str | None = None
+    ray_resources: RayResourcesStatus | None = None
+    """Read this pass; None: not read (the cluster is not ready or its dashboard did not answer), and the
+    status keeps what it showed last."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +270,11 @@ def _fatal_status(observed: Observation, fatal: Sequence[Problem], now: datetime
     )
 
 
+def _previous_ray(observed: Observation, field: str) -> Any:
+    previous = observed.previous.ray_cluster if observed.previous else None
+    return getattr(previous, field) if previous is not None else None
+
+
 def compute_status(observed: Observation, now: datetime) -> VLLMClusterStatus:
     """The whole status for what was observed at `now` (timezone-aware; kept to whole seconds like
     metav1.Time)."""
@@ -302,7 +312,11 @@ def compute_status(observed: Observation, now: datetime) -> VLLMClusterStatus:
         selector=selector_string(serving_selector(name)),
         ray_cluster=(
             RayClusterStatus(
-                name=name, desired_workers=spec.desired_workers, ready_workers=_ready_workers(observed)
+                name=name,
+                desired_workers=spec.desired_workers,
+                ready_workers=_ready_workers(observed),
+                dashboard_url=observed.dashboard_url or _previous_ray(observed, "dashboard_url"),
+                resources=observed.ray_resources or _previous_ray(observed, "resources"),
             )
             if observed.ray_cluster is not None
             else None

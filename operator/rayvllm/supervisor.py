@@ -36,6 +36,7 @@ from rayvllm.engine.job import EngineJobOptions, build_engine_job
 from rayvllm.engine.probe import EngineProbe
 from rayvllm.errors import RayError
 from rayvllm.events import Event
+from rayvllm.models.rayapi import ClusterResources
 from rayvllm.models.status import EngineStatus
 from rayvllm.ray import JobInfo, RayDashboardClient
 
@@ -70,6 +71,8 @@ class SupervisionResult:
     events: list[Event] = field(default_factory=list)
     submissions: int = 0
     """Jobs this pass created (adoptions of existing ids do not count)."""
+    resources: ClusterResources | None = None
+    """The Ray cluster's resources as this pass read them (None: not read: nothing may be submitted)."""
     requeue_after: float | None = None
     """Look again this soon (seconds): an engine is starting, unhealthy, draining or backing off. None: every
     engine is steady (or waits for the cluster), the normal resync will do."""
@@ -116,9 +119,10 @@ class Supervisor:
         if ctx.spec.suspend:
             return SupervisionResult(engines=[], events=tally.events)  # every engine was retired
         records = replica_records(previous, ctx)
-        free_slots = 0
+        free_slots, resources = 0, None
         if may_submit:
-            free_slots = free_engine_slots(await self._limited(self._ray.cluster_resources), ctx.spec)
+            resources = await self._limited(self._ray.cluster_resources)
+            free_slots = free_engine_slots(resources, ctx.spec)
         observed = await self._observe_all([record for record in records if watched(record, ctx)])
         engines: list[EngineStatus] = []
         for action in plan_replicas(records, observed, ctx, may_submit=may_submit, free_slots=free_slots):
@@ -129,6 +133,7 @@ class Supervisor:
             engines=engines,
             events=tally.events,
             submissions=tally.submissions,
+            resources=resources,
             requeue_after=requeue_after(engines, ctx),
         )
 

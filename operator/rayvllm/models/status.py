@@ -111,12 +111,49 @@ class EngineStatus(StatusModel):
     )
 
 
+class ResourceUsage(StatusModel):
+    """One Ray resource over the cluster's alive nodes."""
+
+    total: float = Field(ge=0, description="Total over the alive Ray nodes.")
+    used: float | None = Field(
+        None, ge=0, description="In use (total - available); unset when Ray did not report availability."
+    )
+
+
+class RayResourcesStatus(StatusModel):
+    """The Ray cluster's logical resources as Ray's scheduler sees them (the dashboard's node list and
+    autoscaler report: what `ray.cluster_resources()` and `ray.available_resources()` return)."""
+
+    alive_nodes: int = Field(ge=0, description="Ray nodes alive (head included).")
+    gpus: ResourceUsage = Field(description="GPU.")
+    cpus: ResourceUsage = Field(description="CPU.")
+    memory_gib: ResourceUsage = Field(
+        description="Ray's logical memory resource, in GiB rounded to 0.1 (so status does not churn)."
+    )
+    engine_slots: ResourceUsage = Field(
+        description="rayvllm_engine_slots: one per GPU worker pod; an engine's API server takes one."
+    )
+    gpu_usage: str = Field(
+        max_length=64, description="GPUs used/total, e.g. 4/8 (`kubectl get vllm -o wide` shows it)."
+    )
+
+
 class RayClusterStatus(StatusModel):
     """The child RayCluster."""
 
     name: str = Field(description="Name of the RayCluster.")
     desired_workers: int = Field(0, ge=0, description="GPU worker pods the engines need.")
     ready_workers: int = Field(0, ge=0, description="GPU worker pods ready.")
+    dashboard_url: str | None = Field(
+        None, max_length=1024, description="The Ray dashboard (Jobs API) as the operator reaches it."
+    )
+    resources: RayResourcesStatus | None = Field(
+        None,
+        description=(
+            "The Ray cluster's resources, refreshed at each resync while the cluster is ready and its "
+            "dashboard answers; kept as last seen otherwise."
+        ),
+    )
 
 
 class EndpointStatus(StatusModel):
