@@ -4,6 +4,7 @@ the CRD now."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -85,3 +86,53 @@ def test_the_generator_refuses_a_schema_keyword_it_does_not_know(gen_api_docs: M
     spec["properties"]["replicas"]["multipleOf"] = 2
     with pytest.raises(gen_api_docs.SchemaError, match=r"spec\.replicas: .*multipleOf"):
         gen_api_docs.render(crd)
+
+
+# ---- metrics -----------------------------------------------------------------------------------------
+
+
+def defined_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every metric rayvllm.metrics defines, as exposed: name -> (type, label names). A counter's samples
+    carry the _total suffix the client strips from the family name."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from rayvllm import metrics
+
+    found = {}
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            (family,) = value.describe()
+            name = f"{family.name}_total" if family.type == "counter" else family.name
+            # The client has no public accessor for a metric's label names.
+            found[name] = (family.type, tuple(value._labelnames))
+    return found
+
+
+def table_rows(text: str, heading: str) -> Iterator[list[str]]:
+    """The cells of each body row of the first table under `heading`."""
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    for row in rows[2:]:
+        yield [cell.strip() for cell in row.strip("|").split(" | ")]
+
+
+def backticked(text: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", text)
+
+
+def documented_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
+    text = (DOCS / "metrics.md").read_text()
+    documented = {}
+    for name, kind, labels, *_ in table_rows(text, "## The operator's metrics"):
+        (metric,) = backticked(name)
+        documented[metric] = (kind, tuple(backticked(labels)))
+    return documented
+
+
+def test_metrics_doc_lists_exactly_the_metrics_the_code_defines() -> None:
+    defined, documented = defined_metrics(), documented_metrics()
+    assert defined, "rayvllm.metrics defines no metric: the test no longer finds them"
+    assert sorted(defined.keys() - documented.keys()) == [], "undocumented in docs/metrics.md"
+    assert sorted(documented.keys() - defined.keys()) == [], "documented in docs/metrics.md, not defined"
+    wrong = {name: (documented[name], defined[name]) for name in defined if documented[name] != defined[name]}
+    assert wrong == {}, "docs/metrics.md type or labels differ from the code (documented, defined)"
