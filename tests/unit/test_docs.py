@@ -136,3 +136,57 @@ def test_metrics_doc_lists_exactly_the_metrics_the_code_defines() -> None:
     assert sorted(documented.keys() - defined.keys()) == [], "documented in docs/metrics.md, not defined"
     wrong = {name: (documented[name], defined[name]) for name in defined if documented[name] != defined[name]}
     assert wrong == {}, "docs/metrics.md type or labels differ from the code (documented, defined)"
+
+
+# ---- troubleshooting ---------------------------------------------------------------------------------
+
+
+def section_of(text: str, heading: str) -> str:
+    """The text under a `## ` heading, up to the next one."""
+    assert f"\n{heading}\n" in text, f"no heading {heading!r}"
+    return text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def documented_names(text: str) -> set[str]:
+    """Names a page documents: `### `X`` headings and the backticked first cells of table rows."""
+    names = set(re.findall(r"^###+ `([^`]+)`\s*$", text, flags=re.MULTILINE))
+    for line in text.splitlines():
+        if line.startswith("|"):
+            first = re.fullmatch(r"`([^`]+)`", line.strip("|").split(" | ")[0].strip())
+            if first:
+                names.add(first.group(1))
+    return names
+
+
+TROUBLESHOOTING = DOCS / "troubleshooting.md"
+
+
+def test_troubleshooting_documents_every_condition_reason_and_no_other() -> None:
+    from rayvllm.reasons import Reason
+
+    documented = documented_names(section_of(TROUBLESHOOTING.read_text(), "## Condition reasons"))
+    code = {r.value for r in Reason}
+    assert sorted(code - documented) == [], "Reason members not documented in docs/troubleshooting.md"
+    assert sorted(documented - code) == [], "documented in docs/troubleshooting.md, not a Reason"
+
+
+def test_troubleshooting_documents_every_event_reason_and_no_other() -> None:
+    from rayvllm.models.status import Phase
+    from rayvllm.reasons import EventReason
+
+    documented = documented_names(section_of(TROUBLESHOOTING.read_text(), "## Event reasons"))
+    code = {r.value for r in EventReason}
+    assert sorted(code - documented) == [], "EventReason members not documented in docs/troubleshooting.md"
+    # Phase changes post the phase's name; kopf posts the operator's log lines as `Logging`.
+    posted = code | {p.value for p in Phase} | {"Logging"}
+    assert sorted(documented - posted) == [], "documented in docs/troubleshooting.md, never posted"
+
+
+def test_troubleshooting_tables_match_the_phases_conditions_and_engine_states() -> None:
+    from rayvllm.engine.probe import EngineState
+    from rayvllm.models.status import ConditionType, Phase
+
+    text = TROUBLESHOOTING.read_text()
+    assert documented_names(section_of(text, "## Phases")) == {p.value for p in Phase}
+    assert documented_names(section_of(text, "## Conditions")) == {c.value for c in ConditionType}
+    assert documented_names(section_of(text, "## Engine health")) == {s.value for s in EngineState}
