@@ -4,6 +4,7 @@ the CRD now."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from collections.abc import Iterator, Mapping
@@ -110,7 +111,7 @@ def defined_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def table_rows(text: str, heading: str) -> Iterator[list[str]]:
     """The cells of each body row of the first table under `heading`."""
-    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    section = f"\n{text}".split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("|")]
     for row in rows[2:]:
         yield [cell.strip() for cell in row.strip("|").split(" | ")]
@@ -190,3 +191,147 @@ def test_troubleshooting_tables_match_the_phases_conditions_and_engine_states() 
     assert documented_names(section_of(text, "## Phases")) == {p.value for p in Phase}
     assert documented_names(section_of(text, "## Conditions")) == {c.value for c in ConditionType}
     assert documented_names(section_of(text, "## Engine health")) == {s.value for s in EngineState}
+
+
+# ---- operator settings -------------------------------------------------------------------------------
+
+
+def default_text(value: Any) -> str:
+    """A setting's default as docs/operator-settings.md spells it."""
+    if value is None:
+        return "unset"
+    if isinstance(value, float):
+        return format(value, "g")
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def test_operator_settings_doc_lists_every_setting_with_its_default() -> None:
+    from rayvllm.settings import Settings
+
+    prefix = Settings.model_config.get("env_prefix", "")
+    defined = {
+        f"{prefix}{name}".upper(): default_text(info.get_default(call_default_factory=True))
+        for name, info in Settings.model_fields.items()
+    }
+    text = (DOCS / "operator-settings.md").read_text()
+    documented = {}
+    for variable, default, *_ in table_rows(text, "# Operator settings"):
+        (name,) = backticked(variable)
+        defaults = backticked(default)
+        documented[name] = defaults[0] if defaults else default
+    assert sorted(defined.keys() - documented.keys()) == [], "settings missing in docs/operator-settings.md"
+    assert sorted(documented.keys() - defined.keys()) == [], "documented settings the code does not have"
+    assert documented == defined, "defaults in docs/operator-settings.md differ from rayvllm.settings"
+
+
+# ---- examples ----------------------------------------------------------------------------------------
+
+
+def markdown_files() -> list[Path]:
+    return [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
+def fenced_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def vllmcluster_examples() -> list[tuple[str, dict[str, Any]]]:
+    examples = []
+    for path in markdown_files():
+        for block in fenced_blocks(path.read_text(), "yaml"):
+            for body in yaml.safe_load_all(block):
+                if isinstance(body, dict) and body.get("kind") == "VLLMCluster":
+                    examples.append((f"{path.name}:{body['metadata']['name']}", body))
+    return examples
+
+
+def test_the_docs_have_vllmcluster_examples() -> None:
+    assert any(name.startswith("gpu-cluster.md:") for name, _ in vllmcluster_examples())
+
+
+@pytest.mark.parametrize(("name", "body"), vllmcluster_examples(), ids=lambda value: str(value)[:40])
+def test_every_vllmcluster_example_passes_admission_and_the_models(name: str, body: dict[str, Any]) -> None:
+    from rayvllm.models.resource import parse_cluster
+
+    from .crdtools import admission_errors
+
+    assert admission_errors(body) == [], name
+    parse_cluster(body)
+
+
+# ---- links -------------------------------------------------------------------------------------------
+
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+REFERENCE = re.compile(r"^\s*\[[^\]]+\]:\s*(\S+)", flags=re.MULTILINE)
+FENCED = re.compile(r"^[ \t]*```.*?^[ \t]*```[ \t]*$", flags=re.MULTILINE | re.DOTALL)
+
+
+def prose(text: str) -> str:
+    """The text outside fenced code blocks and inline code, where links are links."""
+    text = FENCED.sub("", text)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def links(path: Path) -> list[str]:
+    text = prose(path.read_text())
+    return LINK.findall(text) + REFERENCE.findall(text)
+
+
+def github_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a markdown file (a repeated one gets -1, -2, ...)."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    text = FENCED.sub("", path.read_text())
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", text, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def link_problem(source: Path, target: str) -> str | None:
+    if re.match(r"https?://", target):
+        return None
+    if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("/"):
+        return "not a relative link or an http(s) link"
+    location, _, fragment = target.partition("#")
+    resolved = (source.parent / location).resolve() if location else source.resolve()
+    if not resolved.is_relative_to(REPO):
+        return "points outside the repository"
+    if not resolved.exists():
+        return "no such file or directory in the repository"
+    if fragment and resolved.suffix == ".md" and fragment not in github_anchors(resolved):
+        return f"no heading #{fragment} in {resolved.relative_to(REPO)}"
+    return None
+
+
+def test_every_link_of_the_readme_and_docs_resolves_inside_the_repository() -> None:
+    problems = [
+        f"{path.relative_to(REPO)}: ({target}): {problem}"
+        for path in markdown_files()
+        for target in links(path)
+        if (problem := link_problem(path, target)) is not None
+    ]
+    assert problems == []
+
+
+def test_the_link_check_catches_links_out_of_the_repository() -> None:
+    readme = REPO / "README.md"
+    assert link_problem(readme, "../shared/DESIGN.md") == "points outside the repository"
+    assert link_problem(readme, "docs/missing.md") is not None
+    assert link_problem(readme, "docs/troubleshooting.md#no-such-heading") is not None
+    assert link_problem(readme, "file:///etc/passwd") is not None
+    assert link_problem(readme, "docs/troubleshooting.md#condition-reasons") is None
+    assert link_problem(readme, "https://github.com/ray-project/kuberay") is None
+
+
+def test_the_readme_is_the_front_door_to_the_docs() -> None:
+    text = (REPO / "README.md").read_text()
+    targets = set(links(REPO / "README.md"))
+    for page in ("architecture", "api-reference", "gpu-cluster", "troubleshooting", "metrics"):
+        assert f"docs/{page}.md" in targets, f"README.md does not link to docs/{page}.md"
+    assert "make demo" in text and "make test" in text
+    assert "## Benchmark" in text and "## Tests" in text
