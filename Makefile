@@ -42,9 +42,11 @@ lint: venv tools
 	$(VENV)/bin/lint-imports --no-cache
 	bash hack/lint-dockerfile.sh
 	$(PY) hack/render-manifests.py --check
+	$(PY) hack/gen-api-docs.py --check
 
 typecheck: venv
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy hack/gen-api-docs.py
 
 unit: venv tools
 	$(VENV)/bin/pytest tests/unit -q
