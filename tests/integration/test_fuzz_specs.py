@@ -17,6 +17,7 @@ tests/bad_inputs/fuzz-regressions.json and always run first.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import re
 import threading
@@ -42,24 +43,24 @@ from tests.support.operator import OperatorProcess
 
 pytestmark = pytest.mark.integration
 
-N_SCHEMA = 280
+N_SCHEMA = 245
 N_MUTATIONS = 260
 # Accepted objects alive at once.
-BATCH = 30
+BATCH = 20
 # Pods KubeRay may create in the namespace; the rest of what the specs ask for fails with a quota error
 # (reported by KubeRay as ReplicaFailure, by the operator as Degraded).
 QUOTA_PODS = 40
-CREATE_THREADS = 4
+CREATE_THREADS = 2
 
 RESYNC = float(INTEGRATION_OPERATOR_ENV["RAYVLLM_RESYNC_SECONDS"])
 ONE_RESYNC = RESYNC * (1 + Settings.model_fields["resync_jitter"].default)
-# The hot-loop window, and what an object may cost in it. A loop that writes on every pass writes once a
-# resync (a wake-up loop, dozens of times); an object whose world changes (KubeRay creating pods, retrying
-# against the quota) earns a write per change, a few in a window of two resyncs.
+# The hot-loop window. An object's world may change in it (KubeRay creating its 133 worker pods one by one,
+# retrying against the quota with a new pod name in its message each time), and each change is an event
+# of a child that wakes the object's loop. So the bounds count from those events: a status write needs a
+# child event, except for one (a text-only change waits for the resync, reconcile.write_status); a pass
+# needs a child event or a resync. A loop that writes on every pass, or wakes itself, exceeds them.
 WINDOW = 2 * RESYNC
-MAX_STATUS_WRITES_PER_OBJECT = 4
-MAX_OPERATOR_WRITES_PER_OBJECT = 3.0
-MAX_PASSES_PER_OBJECT = 6.0
+RESYNC_PASSES = math.ceil(WINDOW / (RESYNC * (1 - Settings.model_fields["resync_jitter"].default))) + 1
 PHASES = {"Pending", "Provisioning", "Launching", "Ready", "Degraded", "Failed", "Suspended"}
 TRACEBACK = "Traceback (most recent call last)"
 
@@ -235,6 +236,21 @@ def delete_all(kube: Kube, namespace: str, names: Sequence[str]) -> None:
         list(pool.map(one, names))
 
 
+GCS_FT_FINALIZER = "ray.io/gcs-ft-redis-cleanup-finalizer"
+
+
+def release_redis_cleanup(kube: Kube, namespace: str) -> None:
+    """KubeRay keeps a deleted RayCluster with GCS fault tolerance until a Job has cleaned its Redis; the
+    fuzzed specs name Redis servers that do not exist, and that Job (5-minute deadline) would hold the
+    namespace. The test's own clean-up: release those RayClusters (their owner is long gone)."""
+    for rc in (kube.get_json("rayclusters", "-n", namespace) or {}).get("items", []):
+        if GCS_FT_FINALIZER in (rc["metadata"].get("finalizers") or []):
+            kube.kubectl(
+                "patch", "raycluster", rc["metadata"]["name"], "-n", namespace, "--type=merge",
+                "-p", '{"metadata":{"finalizers":null}}', check=False,
+            )  # fmt: skip
+
+
 def tracebacks(log: str) -> list[str]:
     """The object (namespace/name) each traceback in `log` is about, from the kopf line before it."""
     lines = log.splitlines()
@@ -245,6 +261,11 @@ def tracebacks(log: str) -> list[str]:
             tags = re.findall(r"\[([a-z0-9-]+/[a-z0-9-]+)\]", before)
             about.append(tags[-1] if tags else "?")
     return about
+
+
+def child_events_of(log: str, namespace: str, name: str) -> int:
+    """Events of the object's children (its RayCluster, Service, Ray pods) in the operator's `log`."""
+    return len(re.findall(rf"\[{namespace}/{name}(?:-[a-z0-9-]+)?\] Handler 'child_changed'", log))
 
 
 def status_problem(body: dict[str, Any]) -> str | None:
@@ -310,6 +331,7 @@ def test_fuzzed_specs(kube: Kube, namespace: str, operator: OperatorProcess) -> 
         if live:
             judge_batch(kube, namespace, operator, watcher, tally, live)
 
+    release_redis_cleanup(kube, namespace)
     for tag in tracebacks(operator.log_text()[log_offset:]):
         name = tag.split("/")[-1]
         tally.crashes += 1
@@ -360,6 +382,7 @@ def judge_batch(
 ) -> None:
     """Statuses within one resync; then a window of no hot loop; then delete them all and wait until they
     are gone."""
+    release_redis_cleanup(kube, namespace)  # of the batch before: its pods would hold the quota
     deadline = max(obj.created_at for obj in live) + ONE_RESYNC + 10
     while time.monotonic() < deadline and any(watcher.get(o.name).first_status_at is None for o in live):
         time.sleep(0.1)
@@ -383,12 +406,15 @@ def judge_batch(
     writes = operator_writes(write_delta(apiserver_writes(kube), writes_before))
     passes = operator.reconcile_passes() - passes_before
     log_window = operator.log_text()[len(log_before) :]
+    child_events = {o.name: child_events_of(log_window, namespace, o.name) for o in live}
+    all_events = sum(child_events.values())
     per_object_writes = sum(writes.values()) / len(live)
     tally.window_writes.append(per_object_writes)
     tally.window_passes.append(passes / len(live))
-    if per_object_writes > MAX_OPERATOR_WRITES_PER_OBJECT or passes / len(live) > MAX_PASSES_PER_OBJECT:
+    if sum(writes.values()) > all_events + 2 * len(live) or passes > all_events + RESYNC_PASSES * len(live):
         tally.failures.append(
-            f"hot loop over a batch of {len(live)}: {writes} operator writes, {passes} passes in {WINDOW}s"
+            f"hot loop over a batch of {len(live)}: {writes} operator writes, {passes} passes in {WINDOW}s, "
+            f"for {all_events} child events"
         )
     if not operator.alive():
         tally.crashes += 1
@@ -402,19 +428,24 @@ def judge_batch(
         rc["metadata"]["name"]: rc
         for rc in (kube.get_json("rayclusters", "-n", namespace) or {}).get("items", [])
     }
+    kuberay_refused = {
+        e["involvedObject"]["name"]: e.get("message", "")
+        for e in (kube.get_json("events", "-n", namespace) or {}).get("items", [])
+        if e.get("involvedObject", {}).get("kind") == "RayCluster"
+        and str(e.get("reason")).startswith("Invalid")
+    }
     for obj in on_time:
         body = watcher.get(obj.name).body or {}
         status_writes = log_window.count(f"[{namespace}/{obj.name}] status:")
         problem = status_problem(body)
-        if status_writes > MAX_STATUS_WRITES_PER_OBJECT:
-            problem = f"{status_writes} status writes in {WINDOW}s"
+        if status_writes > child_events[obj.name] + 1:
+            problem = f"{status_writes} status writes in {WINDOW}s for {child_events[obj.name]} child events"
         phase = (body.get("status") or {}).get("phase")
         child = rayclusters.get(obj.name)
-        if problem is None and phase == "Provisioning" and child is not None and not child.get("status"):
-            # Provisioning means waiting for KubeRay; a RayCluster KubeRay never gave a status it refused.
-            events = kube.events(namespace, obj.name)
-            said = [e["message"] for e in events if e.get("involvedObject", {}).get("kind") == "RayCluster"]
-            problem = f"Provisioning, but KubeRay never took up its RayCluster: {said[:2]}"
+        if problem is None and phase != "Failed" and child is not None and obj.name in kuberay_refused:
+            # KubeRay refused the RayCluster (a Warning Event on it; no status, no pods, ever): the object
+            # would wait forever while its status says it progresses.
+            problem = f"{phase}, but KubeRay refused its RayCluster: {kuberay_refused[obj.name]}"
         if problem:
             tally.fail(obj.case, obj.name, f"{problem}; status: {json.dumps(body.get('status'))[:800]}")
             continue
