@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from hack.localcluster import network
 from hack.localcluster.cluster import Cluster, ClusterPlan, default_cluster
@@ -17,6 +19,11 @@ from hack.localcluster.controlplane import FakeNodePlan, Tools
 from hack.localcluster.node import NodePlan
 from tests.support.kube import Kube
 from tests.support.operator import OperatorProcess, free_port
+
+# Hypothesis (the fuzz tier, tests/support/fuzz.py, and its unit tests) caches Unicode tables under
+# ./.hypothesis unless told otherwise; none of it belongs in the repository. Set before any test module
+# builds a strategy.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "rayvllm-hypothesis")
 
 
 def _reachable(kube: Kube) -> bool:

@@ -29,6 +29,7 @@ class Reason(StrEnum):
     SECRET_NOT_FOUND = "SecretNotFound"
     WORKER_UNSCHEDULABLE = "WorkerUnschedulable"
     RAY_DASHBOARD_UNREACHABLE = "RayDashboardUnreachable"
+    CHILD_REJECTED = "ChildRejected"
     # Progressing while the phase is Pending / Provisioning / Launching carries the phase's name.
     PENDING = "Pending"
     PROVISIONING = "Provisioning"

@@ -21,7 +21,13 @@ from rayvllm.builders.labels import SERVING, SERVING_LABEL
 from rayvllm.builders.raycluster import pod_spec_hash
 from rayvllm.drift import needs_apply
 from rayvllm.engine.health import EngineProber
-from rayvllm.errors import InvalidSpecError, RayAuthError, RayError, TransientError
+from rayvllm.errors import (
+    InvalidSpecError,
+    KubernetesRejectedError,
+    RayAuthError,
+    RayError,
+    TransientError,
+)
 from rayvllm.events import Event
 from rayvllm.identity import ClusterRef
 from rayvllm.k8s.resources import Kubernetes
@@ -33,7 +39,13 @@ from rayvllm.plans import secret_problems, secret_uses, serving_changes
 from rayvllm.ray import Dashboards, RayDashboardClient
 from rayvllm.reasons import EventReason, Reason
 from rayvllm.settings import Settings
-from rayvllm.status import Observation, Problem, compute_status, unschedulable_problems
+from rayvllm.status import (
+    Observation,
+    Problem,
+    compute_status,
+    differs_only_in_messages,
+    unschedulable_problems,
+)
 from rayvllm.supervisor import EngineContext, Supervisor
 from rayvllm.usage import summarize
 from rayvllm.workers import plan_workers
@@ -66,6 +78,8 @@ class Memory:
     """Passes in a row that found a ready RayCluster's dashboard unreachable: the next look backs off."""
     derived: dict[str, tuple[Hashable, Any]] = field(default_factory=dict)
     """Results of pure computations by their inputs: a settled object's pass recomputes nothing."""
+    status_written_at: datetime | None = None
+    """When this operator last wrote the object's status."""
 
     def derive(self, name: str, key: Hashable, compute: Callable[[], T]) -> T:
         """`compute()`, or its last result if `key` (everything it depends on) is unchanged."""
@@ -169,7 +183,12 @@ async def apply_ray_cluster(p: Pass, io: Clients) -> None:
         lambda: _with_hash(build_ray_cluster(spec, p.ref.name, p.ref.namespace, p.ref.uid, workers)),
     )
     if _needs_apply(p, "RayCluster", desired_key, built, observed):
-        observed = await io.kube.apply_raycluster(built)
+        applied = await _apply_or_refused(
+            p, "RayCluster", desired_key, lambda: io.kube.apply_raycluster(built)
+        )
+        if applied is None:
+            return
+        observed = applied
         p.memory.written["RayCluster"] = (observed, p.now)
         p.outcome.writes += 1
     p.ray_cluster = observed
@@ -188,8 +207,36 @@ async def apply_service(p: Pass, io: Clients) -> None:
         "Service", desired_key, lambda: build_service(spec, p.ref.name, p.ref.namespace, p.ref.uid)
     )
     if _needs_apply(p, "Service", desired_key, built, observed):
-        p.memory.written["Service"] = (await io.kube.apply_service(built), p.now)
+        applied = await _apply_or_refused(p, "Service", desired_key, lambda: io.kube.apply_service(built))
+        if applied is None:
+            return
+        p.memory.written["Service"] = (applied, p.now)
         p.outcome.writes += 1
+
+
+async def _apply_or_refused(
+    p: Pass, kind: str, desired_key: Hashable, send: Callable[[], Awaitable[dict[str, Any]]]
+) -> dict[str, Any] | None:
+    """The applied child, or None when the API server refused it as invalid: a spec admission let through
+    makes a child that cannot be stored. That is said in status (a fatal problem, so the phase is Failed)
+    instead of only in the log, and the same child is not sent again until the spec changes."""
+    refused = p.memory.derived.get(f"{kind}-refused")
+    if refused is not None and refused[0] == desired_key:
+        p.problems.append(refused[1])
+        p.done = True
+        return None
+    try:
+        return await send()
+    except KubernetesRejectedError as error:
+        if error.status not in (400, 422):
+            raise
+        problem = Problem(
+            Reason.CHILD_REJECTED, f"the API server refused the {kind} this spec makes: {error}", fatal=True
+        )
+        p.memory.derived[f"{kind}-refused"] = (desired_key, problem)
+        p.problems.append(problem)
+        p.done = True
+        return None
 
 
 def _with_hash(built: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -328,7 +375,17 @@ async def write_status(p: Pass, io: Clients) -> None:
     old = {k: v for k, v in (p.body.get("status") or {}).items() if k != "kopf"}
     p.outcome.events[:0] = transition_events(p.previous, status)
     if new != old:
+        written_at = p.memory.status_written_at
+        since = None if written_at is None else (p.now - written_at).total_seconds()
+        if differs_only_in_messages(new, old) and since is not None and since < p.settings.resync_seconds:
+            # The same verdict in new words (a child rewriting its error text on each retry): at most one
+            # such write per resync, or a flapping child costs a status write per flap. Looked at again
+            # by the end of the resync; the next pass writes whatever the words are then.
+            wait = p.settings.resync_seconds - since
+            p.outcome.requeue_after = min(wait, p.outcome.requeue_after or wait)
+            return
         await io.kube.replace_status(p.ref.namespace, p.ref.name, new)
+        p.memory.status_written_at = p.now
         p.outcome.status = new
         p.outcome.writes += 1
     p.memory.derived["status"] = (inputs, None)  # only once it is stored: a failed write is tried again

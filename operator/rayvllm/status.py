@@ -32,7 +32,15 @@ from rayvllm.models.status import (
 from rayvllm.observed import PodCounts, PodView
 from rayvllm.reasons import Reason
 
-__all__ = ["Observation", "PodCounts", "Problem", "Reason", "compute_status", "unschedulable_problems"]
+__all__ = [
+    "Observation",
+    "PodCounts",
+    "Problem",
+    "Reason",
+    "compute_status",
+    "differs_only_in_messages",
+    "unschedulable_problems",
+]
 
 # KubeRay v1.6.1 RayCluster condition types (ray-operator/apis/ray/v1/raycluster_types.go).
 KUBERAY_HEAD_POD_READY = "HeadPodReady"
@@ -336,3 +344,18 @@ def unschedulable_problems(pods: Sequence[PodView]) -> list[Problem]:
         for pod in pods
         if pod.unschedulable is not None
     ]
+
+
+def _without_messages(status: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in status.items() if k != "message"}
+    out["conditions"] = [
+        {k: v for k, v in c.items() if k != "message"} for c in status.get("conditions") or []
+    ]
+    return out
+
+
+def differs_only_in_messages(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """Two wire statuses that say the same thing (phase, every condition's status and reason, counts,
+    engines) in other words: only `message` texts differ. A child that rewrites its error text on every
+    retry (KubeRay's ReplicaFailure names a new pod each time) changes nothing else."""
+    return new != old and _without_messages(new) == _without_messages(old)

@@ -7,9 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import INTEGRATION_OPERATOR_ENV
 from tests.integration.test_vllmcluster_lifecycle import REPO, condition, load, vllm
@@ -20,16 +18,6 @@ from tests.support.wait import wait_for
 pytestmark = pytest.mark.integration
 
 SAMPLE = REPO / "manifests" / "samples" / "minimal-gpu.yaml"
-
-
-def passes(operator: OperatorProcess) -> float:
-    assert operator.metrics_url is not None
-    text = httpx.get(operator.metrics_url, timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "rayvllm_reconcile_duration_seconds_count":
-                return sample.value
-    raise AssertionError("the operator exports no rayvllm_reconcile_duration_seconds")
 
 
 def settle(kube: Kube, namespace: str, name: str) -> None:
@@ -47,12 +35,12 @@ def test_a_settled_object_costs_no_writes(kube: Kube, namespace: str, operator: 
     kube.kubectl("apply", "-n", namespace, "-f", str(SAMPLE))
     settle(kube, namespace, name)
     time.sleep(3)  # the last status write's echo and KubeRay's own settling
-    before, passes_before = apiserver_writes(kube), passes(operator)
+    before, passes_before = apiserver_writes(kube), operator.reconcile_passes()
     # Ray is unreachable here, so the loop backs off to 4 resyncs (8 s +-20%) between passes: 30 s holds at
     # least three of them.
     window = 30.0
     time.sleep(window)
-    writes, passed = write_delta(apiserver_writes(kube), before), passes(operator) - passes_before
+    writes, passed = write_delta(apiserver_writes(kube), before), operator.reconcile_passes() - passes_before
     # The loop did run (and would have re-applied the RayCluster and Service each pass before).
     assert passed >= 3, f"only {passed} reconcile passes in {window}s"
     ours = operator_writes(writes)

@@ -13,6 +13,9 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.support.wait import wait_for
 
 KOPF = Path(sys.executable).parent / "kopf"
@@ -93,3 +96,14 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def reconcile_passes(self) -> float:
+        """Reconcile passes so far, over all objects, from the operator's own metrics (its
+        rayvllm_reconcile_duration_seconds histogram); needs `metrics_url`."""
+        assert self.metrics_url is not None, "the operator was started without RAYVLLM_METRICS_PORT"
+        text = httpx.get(self.metrics_url, timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "rayvllm_reconcile_duration_seconds_count":
+                    return sample.value
+        raise AssertionError("the operator exports no rayvllm_reconcile_duration_seconds")

@@ -190,3 +190,29 @@ def test_models_are_immutable() -> None:
     spec = parse_spec(_spec())
     with pytest.raises(ValueError, match="frozen"):
         spec.replicas = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u2003", "\u0085", "\u000b", "\u2028", "\u3000"])
+def test_no_space_patterns_mean_what_the_api_server_means(space: str) -> None:
+    """RE2's \\s is [\\t\\n\\f\\r ] only: the API server admits these characters where a pattern says "no
+    whitespace", so the models must too (found by tests/integration/test_fuzz_specs.py)."""
+    spec = {"model": {"source": "hf://a/b", "servedModelName": f"a{space}b"}, "ray": {"image": "i"}}
+    spec["modelCache"] = {"claimName": "c", "mountPath": f"/a{space}b"}
+    parsed = parse_spec(spec)
+    assert parsed.model.served_model_name == f"a{space}b"
+    with pytest.raises(InvalidSpecError, match="servedModelName"):
+        parse_spec({**spec, "model": {"source": "hf://a/b", "servedModelName": "a b"}})
+
+
+@pytest.mark.parametrize(
+    ("version", "ok"),
+    [("2.60.0", True), ("2.52.0", True), ("2.052.0", True), ("3.0.0", True), ("10.0.0", True),
+     ("2.51.9", False), ("1.99.0", False), ("0.0.0", False), ("02.60.0", False), ("18446744073709551616.0.0", False)],
+)  # fmt: skip
+def test_ray_version_is_one_kuberay_takes_with_token_auth(version: str, ok: bool) -> None:
+    spec = {"model": {"source": "hf://a/b"}, "ray": {"image": "i", "rayVersion": version}}
+    if ok:
+        assert parse_spec(spec).ray.ray_version == version
+    else:
+        with pytest.raises(InvalidSpecError, match=r"spec\.ray\.rayVersion"):
+            parse_spec(spec)

@@ -3,23 +3,33 @@ Secrets a spec needs, which pods gain or lose the serving label, and the status 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
 from rayvllm.builders import build_ray_cluster, build_service
 from rayvllm.builders.labels import SERVING_LABEL, SPEC_HASH_ANNOTATION
 from rayvllm.drift import holds, needs_apply
+from rayvllm.errors import KubernetesRejectedError
 from rayvllm.identity import ClusterRef
 from rayvllm.models import EngineStatus, Phase, parse_spec
 from rayvllm.observed import count_pods, live_workers, newer, pod_view, trimmed
 from rayvllm.plans import secret_problems, secret_uses, serving_changes
 from rayvllm.reasons import Reason
-from rayvllm.reconcile import Memory
-from rayvllm.status import Observation, Problem, compute_status, unschedulable_problems
+from rayvllm.reconcile import Children, Clients, Memory, Pass, apply_ray_cluster
+from rayvllm.settings import Settings
+from rayvllm.status import (
+    Observation,
+    Problem,
+    compute_status,
+    differs_only_in_messages,
+    unschedulable_problems,
+)
 from rayvllm.workers import WorkerPlan
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -227,3 +237,51 @@ def test_memory_recomputes_only_when_the_inputs_change() -> None:
     assert memory.derive("x", ("gen", 2), compute) == 2
     assert memory.derive("y", ("gen", 2), compute) == 3
     assert len(calls) == 3
+
+
+def test_a_status_in_other_words_is_told_apart_from_a_new_verdict() -> None:
+    """KubeRay names a new pod in its ReplicaFailure message on every retry: the same verdict, which the
+    status step writes at most once a resync."""
+    ref = ClusterRef("team", "llama", "uid-1", 1)
+    quota = 'pods "llama-head-{}" is forbidden: exceeded quota'
+    failing = {
+        "metadata": {},
+        "status": {
+            "conditions": [{"type": "ReplicaFailure", "status": "True", "message": quota.format("abcde")}]
+        },
+    }
+    first = compute_status(Observation(ref, SPEC, failing), T0).to_wire()
+    failing["status"]["conditions"][0]["message"] = quota.format("fghij")
+    again = compute_status(Observation(ref, SPEC, failing), T0).to_wire()
+    assert first != again and differs_only_in_messages(again, first)
+    assert not differs_only_in_messages(first, first)
+    healed = compute_status(Observation(ref, SPEC, {"metadata": {}, "status": {}}), T0).to_wire()
+    assert not differs_only_in_messages(healed, first)
+
+
+class _RefusingKube:
+    """A Kubernetes that refuses every RayCluster apply as invalid, counting the attempts."""
+
+    def __init__(self) -> None:
+        self.applies = 0
+
+    async def apply_raycluster(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.applies += 1
+        raise KubernetesRejectedError("apply RayCluster team/llama: HTTP 422 Unprocessable Entity: bad", 422)
+
+
+def test_a_refused_child_is_said_in_status_and_not_sent_again() -> None:
+    """A spec admission let through can still make a child the API server refuses: that is a fatal problem
+    in status (not only a log line, with no status at all), and the same child is not re-sent every pass."""
+    kube = _RefusingKube()
+    io = cast(Clients, SimpleNamespace(kube=kube))
+    memory = Memory()
+    body = {"metadata": {"namespace": "team", "name": "llama", "uid": "uid-1", "generation": 1}}
+    for _ in range(3):
+        p = Pass(ClusterRef.of(body), body, Settings(), T0, Children(), memory, None, spec=SPEC)
+        asyncio.run(apply_ray_cluster(p, io))
+        assert p.done and [problem.reason for problem in p.problems] == [Reason.CHILD_REJECTED]
+        assert "HTTP 422" in p.problems[0].message and p.problems[0].fatal
+    assert kube.applies == 1
+    status = compute_status(Observation(p.ref, SPEC, None, problems=p.problems), T0)
+    assert status.phase == Phase.FAILED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -18,7 +19,14 @@ T = TypeVar("T")
 
 # The client's type stubs omit `_content_type`, which its code accepts: passed as **kwargs so the
 # rest stays type-checked.
-AS_APPLY: dict[str, Any] = {"_content_type": "application/apply-patch+yaml"}
+#
+# A server-side apply body is YAML to the API server (go-yaml reads it). JSON is YAML, but not as the client
+# writes it: json.dumps spells a character beyond the BMP (an emoji in an image name) as a \uD83D\uDE00-style
+# surrogate pair, which YAML refuses ("invalid Unicode character escape code"), and the apply fails forever. So the
+# operator serializes apply bodies itself (apply_body) and hands the client bytes, which it sends as they
+# are only under a content type it does not recognise: hence the charset parameter (the API server strips
+# it).
+AS_APPLY: dict[str, Any] = {"_content_type": "application/apply-patch+yaml; charset=utf-8"}
 AS_JSON_PATCH: dict[str, Any] = {"_content_type": "application/json-patch+json"}
 
 # 4xx answers that will not change by retrying the same request.
@@ -59,6 +67,19 @@ async def call_or_none(what: str, request: Awaitable[T]) -> T | None:
         return await call(what, request)
     except KubernetesNotFoundError:
         return None
+
+
+# What a YAML reader refuses raw in a stream (DEL, C1 controls, U+FFFE, U+FFFF, lone surrogates) or reads
+# as a line break inside a quoted scalar and folds (NEL, U+2028, U+2029), and a BOM: escaped as \\uXXXX,
+# which JSON and YAML read alike for these (all in the BMP, none a surrogate pair).
+_NOT_RAW_IN_YAML = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
+
+
+def apply_body(manifest: Any) -> bytes:
+    """`manifest` as an apply-patch+yaml body: JSON with raw UTF-8 (no surrogate escapes) except for the
+    characters YAML will not take raw, which stay escaped."""
+    text = json.dumps(manifest, ensure_ascii=False, separators=(",", ":"))
+    return _NOT_RAW_IN_YAML.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
 
 
 def to_dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:

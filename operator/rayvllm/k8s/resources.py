@@ -10,7 +10,7 @@ from kubernetes_asyncio import client
 
 from rayvllm import API_GROUP, API_VERSION, PLURAL
 from rayvllm.errors import KubernetesError
-from rayvllm.k8s.api import AS_APPLY, AS_JSON_PATCH, call, call_or_none, to_dict
+from rayvllm.k8s.api import AS_APPLY, AS_JSON_PATCH, apply_body, call, call_or_none, to_dict
 
 RAY_GROUP, RAY_VERSION, RAYCLUSTERS = "ray.io", "v1", "rayclusters"
 
@@ -43,7 +43,7 @@ class Kubernetes:
                 meta["namespace"],
                 RAYCLUSTERS,
                 meta["name"],
-                manifest,
+                apply_body(manifest),
                 field_manager=self.field_manager,
                 force=True,
                 **AS_APPLY,
@@ -66,7 +66,7 @@ class Kubernetes:
             self._core.patch_namespaced_service(
                 meta["name"],
                 meta["namespace"],
-                manifest,
+                apply_body(manifest),
                 field_manager=self.field_manager,
                 force=True,
                 **AS_APPLY,
@@ -83,7 +83,7 @@ class Kubernetes:
         await call_or_none(
             f"label pod {namespace}/{name}",
             self._core.patch_namespaced_pod(
-                name, namespace, body, field_manager=manager, force=True, **AS_APPLY
+                name, namespace, apply_body(body), field_manager=manager, force=True, **AS_APPLY
             ),
         )
 

@@ -23,6 +23,11 @@ from rayvllm.models.kube import (
 )
 from rayvllm.models.rules import Rule, cel_matches, cel_regex, cel_string_list
 
+# "No whitespace", spelled out: RE2 (the API server's `pattern`) takes \\s as these five ASCII characters,
+# Python's re and Rust's regex (pydantic-core) as every Unicode space, so `\\S` would admit "a\\u00a0b" at the
+# API server and refuse it in the operator. An explicit class means the same to all three.
+NO_SPACE = r"[^\t\n\f\r ]"
+
 # Where the RayCluster builder mounts a `pvc://CLAIM/PATH` model source (read-only) in worker pods;
 # the engine's --model then points below it. Both sides read it from here.
 MODEL_PVC_MOUNT_ROOT = "/mnt/rayvllm/models"
@@ -121,7 +126,7 @@ class ModelSpec(ApiModel):
         None,
         min_length=1,
         max_length=256,
-        pattern=r"^\S+$",
+        pattern=rf"^{NO_SPACE}+$",
         description="Name clients use in the OpenAI API's `model` field. Default: metadata.name.",
     )
     hf_token_secret_ref: SecretKeyRef | None = Field(
@@ -151,7 +156,7 @@ class ModelCacheSpec(ApiModel):
     )
     mount_path: Annotated[
         str,
-        Field(min_length=2, max_length=512, pattern=r"^/[^\s]*$"),
+        Field(min_length=2, max_length=512, pattern=rf"^/{NO_SPACE}*$"),
         Rule(
             cel=f"!(self == '{SHM_MOUNT_PATH}' || self.startsWith('{SHM_MOUNT_PATH}/') || "
             f"self == '{MODEL_PVC_MOUNT_ROOT}' || self.startsWith('{MODEL_PVC_MOUNT_ROOT}/'))",
@@ -411,6 +416,29 @@ class GcsFaultToleranceSpec(ApiModel):
     )
 
 
+# KubeRay parses rayVersion with Kubernetes' version.ParseGeneric (no leading zero in the major version,
+# each part a uint64) and, with token authentication on (the operator always turns it on), refuses a
+# RayCluster older than 2.52.0: silently for the VLLMCluster (an Event on the RayCluster, no status, no pods).
+MIN_RAY_VERSION = "2.52.0"
+RAY_VERSION_PATTERN = r"^(0|[1-9][0-9]{0,8})\.[0-9]{1,9}\.[0-9]{1,9}$"
+_AT_LEAST_MIN_RAY_VERSION = r"^(([1-9][0-9]+|[3-9])\.|2\.0*(5[2-9]|[6-9][0-9]|[1-9][0-9]{2,})\.)"
+
+
+def _ray_version_at_least_min(version: str) -> bool:
+    major, minor, _ = (int(part) for part in version.split("."))
+    return (major, minor) >= (2, 52)
+
+
+_RAY_VERSION_RULE = Rule(
+    cel=f"self.matches({cel_regex(_AT_LEAST_MIN_RAY_VERSION)})",
+    message=(
+        f"spec.ray.rayVersion must be {MIN_RAY_VERSION} or later: KubeRay's token authentication, which "
+        "the operator turns on for the Ray dashboard, needs it (e.g. 2.60.0)"
+    ),
+    holds=_ray_version_at_least_min,
+)
+
+
 class RaySpec(ApiModel):
     """The KubeRay RayCluster the engines run on."""
 
@@ -420,10 +448,8 @@ class RaySpec(ApiModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None, description="Image pull policy of head and workers."
     )
-    ray_version: str = Field(
-        "2.60.0",
-        pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$",
-        description="Ray version in the image (KubeRay rayVersion).",
+    ray_version: Annotated[str, Field(max_length=32, pattern=RAY_VERSION_PATTERN), _RAY_VERSION_RULE] = Field(
+        "2.60.0", description="Ray version in the image (KubeRay rayVersion), 2.52.0 or later."
     )
     head: HeadSpec = Field(
         default_factory=HeadSpec, json_schema_extra={"default": {}}, description="The head pod."
