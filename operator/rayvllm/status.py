@@ -77,6 +77,16 @@ class Observation:
     status keeps what it showed last."""
 
 
+# Condition.message and status.message are bounded by the schema; a message joined from many parts (one per
+# unschedulable pod, say) must still fit, or the status could not be written at all.
+MESSAGE_LIMIT = 32768
+TRUNCATED = " ... (truncated)"
+
+
+def bounded(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    return message if len(message) <= limit else message[: limit - len(TRUNCATED)] + TRUNCATED
+
+
 @dataclass(frozen=True)
 class _Verdict:
     status: ConditionStatus
@@ -255,7 +265,7 @@ def _condition(
         type=condition_type,
         status=verdict.status,
         reason=verdict.reason,
-        message=verdict.message,
+        message=bounded(verdict.message),
         last_transition_time=since,
         observed_generation=observed.ref.generation,
     )
@@ -272,7 +282,7 @@ def _fatal_status(observed: Observation, fatal: Sequence[Problem], now: datetime
     return VLLMClusterStatus(
         observed_generation=observed.ref.generation,
         phase=Phase.FAILED,
-        message=blocker.message,
+        message=bounded(blocker.message),
         conditions=[_condition(kind, verdict, observed, now) for kind, verdict in verdicts.items()],
         engines=sorted(observed.engines, key=lambda e: e.index),
     )
@@ -313,7 +323,7 @@ def compute_status(observed: Observation, now: datetime) -> VLLMClusterStatus:
     return VLLMClusterStatus(
         observed_generation=observed.ref.generation,
         phase=phase,
-        message=ready.message,
+        message=bounded(ready.message),
         conditions=[_condition(kind, verdict, observed, now) for kind, verdict in verdicts.items()],
         replicas=spec.replicas,
         ready_replicas=sum(e.ready for e in engines),

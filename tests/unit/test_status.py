@@ -317,3 +317,16 @@ def test_observed_pods_outrank_kuberays_stale_observed_generation() -> None:
     condition = replacing.condition(ConditionType.RAY_CLUSTER_READY)
     assert (condition.status, condition.reason) == ("False", Reason.RAY_CLUSTER_UPDATING)
     assert "older spec" in condition.message
+
+
+def test_a_message_past_the_schema_limit_is_truncated_not_fatal() -> None:
+    many = tuple(
+        Problem(Reason.WORKER_UNSCHEDULABLE, f"pod worker-{i:04d}: 0/3 nodes are available" * 4)
+        for i in range(400)
+    )
+    status = compute_status(
+        _observe(ray_cluster=_ray_cluster(), problems=many), datetime(2030, 1, 1, tzinfo=UTC)
+    )
+    messages = [c.message for c in status.conditions] + [status.message or ""]
+    assert max(len(m) for m in messages) <= 32768
+    assert any(m.endswith("(truncated)") for m in messages)
