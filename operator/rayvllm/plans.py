@@ -1,5 +1,6 @@
 """Pure decisions of the reconcile steps that are not the status or an engine's: which Secrets a spec
-needs and what is wrong with them, and which pods must gain or lose the serving label. No I/O."""
+needs, what is wrong with them and when to look for a missing one again, and which pods must gain or lose the
+serving label. No I/O."""
 
 from __future__ import annotations
 
@@ -12,6 +13,34 @@ from rayvllm.models.status import EngineStatus
 from rayvllm.observed import PodView
 from rayvllm.reasons import Reason
 from rayvllm.status import Problem
+
+# Something that was not there (a dashboard that does not answer, a Secret not yet created) is looked for
+# again after 1, 2, 4, then every BACKOFF_LIMIT resyncs: at rest, 1000 objects waiting for their Secrets
+# would otherwise cost the API server a GET each per resync and the operator most of its idle CPU.
+BACKOFF_LIMIT = 4
+
+
+def backoff_resyncs(failures: int) -> int:
+    """How many resyncs to wait before looking again after `failures` misses in a row: 1, 2, 4, 4, ..."""
+    return int(min(2 ** max(failures - 1, 0), BACKOFF_LIMIT))
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A Secret the last look did not find."""
+
+    misses: int
+    """Looks in a row that did not find it."""
+    skip: int
+    """Passes still to go before the next look (passes run about once a resync while nothing happens)."""
+
+
+def after_look(previous: Missing | None, found: bool) -> Missing | None:
+    """The record after a GET of the Secret: gone once found, else one more miss and its backoff."""
+    if found:
+        return None
+    misses = (previous.misses if previous else 0) + 1
+    return Missing(misses, backoff_resyncs(misses) - 1)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -35,7 +35,14 @@ from rayvllm.models.resource import parse_cluster, parse_previous_status
 from rayvllm.models.spec import VLLMClusterSpec
 from rayvllm.models.status import ConditionType, EngineStatus, Phase, RayResourcesStatus, VLLMClusterStatus
 from rayvllm.observed import PodCounts, PodView, count_pods, live_workers, newer, resource_version
-from rayvllm.plans import secret_problems, secret_uses, serving_changes
+from rayvllm.plans import (
+    Missing,
+    after_look,
+    backoff_resyncs,
+    secret_problems,
+    secret_uses,
+    serving_changes,
+)
 from rayvllm.ray import Dashboards, RayDashboardClient
 from rayvllm.reasons import EventReason, Reason
 from rayvllm.settings import Settings
@@ -51,7 +58,6 @@ from rayvllm.usage import summarize
 from rayvllm.workers import plan_workers
 
 T = TypeVar("T")
-DASHBOARD_BACKOFF_LIMIT = 4
 # How long our own write may be missing from the watch before the watch is believed again.
 WATCH_LAG_SECONDS = 10.0
 
@@ -76,6 +82,8 @@ class Memory:
     """uid of the RayCluster the cached dashboard token belongs to (KubeRay makes one per cluster)."""
     dashboard_failures: int = 0
     """Passes in a row that found a ready RayCluster's dashboard unreachable: the next look backs off."""
+    missing_secrets: dict[str, Missing] = field(default_factory=dict)
+    """Secrets the last look did not find, by name (looked for again with backoff)."""
     derived: dict[str, tuple[Hashable, Any]] = field(default_factory=dict)
     """Results of pure computations by their inputs: a settled object's pass recomputes nothing."""
     status_written_at: datetime | None = None
@@ -158,11 +166,25 @@ async def validate(p: Pass, _: Clients) -> None:
 
 
 async def read_secrets(p: Pass, io: Clients) -> None:
-    """One GET of each Secret the spec references (no list or watch: least-privilege RBAC)."""
+    """One GET of each Secret the spec references (no list or watch: least-privilege RBAC). A missing one
+    is looked for again with backoff (passes run about once a resync while nothing else happens), so it is
+    found within BACKOFF_LIMIT resyncs of being created, sooner when the spec or a child changes."""
     assert p.spec is not None
     uses = secret_uses(p.spec)
-    for name in sorted({use.ref.name for use in uses}):
+    names = sorted({use.ref.name for use in uses})
+    missing = p.memory.missing_secrets
+    for gone in set(missing) - set(names):
+        del missing[gone]
+    for name in names:
+        before = missing.pop(name, None)
+        if before is not None and before.skip > 0:
+            missing[name] = replace(before, skip=before.skip - 1)
+            p.secrets[name] = None
+            continue
         p.secrets[name] = await io.kube.read_secret(p.ref.namespace, name)
+        after = after_look(before, found=p.secrets[name] is not None)
+        if after is not None:
+            missing[name] = after
     p.problems += secret_problems(p.ref.namespace, uses, p.secrets)
 
 
@@ -309,10 +331,10 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
                 Problem(Reason.RAY_DASHBOARD_UNREACHABLE, f"Ray dashboard {ray.base_url}: {unreachable}")
             )
             # Asking a dashboard that does not answer every resync helps nobody: back off, up to
-            # DASHBOARD_BACKOFF_LIMIT resyncs (a change of its pods still wakes the loop at once), unless
-            # engines serve: their own probes keep the normal cadence.
+            # BACKOFF_LIMIT resyncs (a change of its pods still wakes the loop at once), unless engines
+            # serve: their own probes keep the normal cadence.
             p.memory.dashboard_failures += 1
-            backoff = min(2 ** (p.memory.dashboard_failures - 1), DASHBOARD_BACKOFF_LIMIT)
+            backoff = backoff_resyncs(p.memory.dashboard_failures)
             serving = any(e.ready for e in p.engines)
             p.outcome.requeue_after = p.settings.resync_seconds * (1 if serving else backoff)
         return

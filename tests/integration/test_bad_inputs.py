@@ -98,3 +98,27 @@ def test_reported_in_status_with_event(
     time.sleep(6)  # three resync periods: the quantity measured is "nothing happens"
     assert operator.log_text().count(writes) == before, operator.log_tail()
     assert operator.alive()
+
+
+def test_a_secret_created_later_is_found(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    """A missing Secret is looked for again with backoff (1, 2, 4, then every 4 resyncs), never given up on:
+    created after several misses, it is found within the backoff's cap and the children follow."""
+    path = next(p for p in STATUS if p.stem == "missing-hf-token-secret")
+    manifest: dict[str, Any] = yaml.safe_load(path.read_text())
+    name, ref = manifest["metadata"]["name"], manifest["spec"]["model"]["hfTokenSecretRef"]
+    kube.kubectl("apply", "-n", namespace, "-f", str(path))
+    wait_for(
+        lambda: any(e["reason"] == "SecretNotFound" for e in kube.events(namespace, name)),
+        timeout=30,
+        what="SecretNotFound reported",
+    )
+    time.sleep(7 * 2)  # seven resyncs of 2 s: the looks are now BACKOFF_LIMIT (4) resyncs apart
+    assert kube.get_json("raycluster", name, "-n", namespace) is None
+    kube.kubectl(
+        "create", "secret", "generic", ref["name"], "-n", namespace, f"--from-literal={ref['key']}=not-real"
+    )
+    # Four resyncs (with their +-20% jitter) and the pass itself.
+    wait_for(
+        lambda: kube.get_json("raycluster", name, "-n", namespace), timeout=4 * 2 * 1.2 + 5, interval=0.2
+    )
+    assert operator.alive()

@@ -19,7 +19,15 @@ from rayvllm.errors import KubernetesRejectedError
 from rayvllm.identity import ClusterRef
 from rayvllm.models import EngineStatus, Phase, parse_spec
 from rayvllm.observed import count_pods, live_workers, newer, pod_view, trimmed
-from rayvllm.plans import secret_problems, secret_uses, serving_changes
+from rayvllm.plans import (
+    BACKOFF_LIMIT,
+    Missing,
+    after_look,
+    backoff_resyncs,
+    secret_problems,
+    secret_uses,
+    serving_changes,
+)
 from rayvllm.reasons import Reason
 from rayvllm.reconcile import Children, Clients, Memory, Pass, apply_ray_cluster
 from rayvllm.settings import Settings
@@ -285,3 +293,28 @@ def test_a_refused_child_is_said_in_status_and_not_sent_again() -> None:
     assert kube.applies == 1
     status = compute_status(Observation(p.ref, SPEC, None, problems=p.problems), T0)
     assert status.phase == Phase.FAILED
+
+
+@pytest.mark.parametrize(
+    ("looks", "expected"),
+    [
+        # Each miss in a row waits longer before the next look: 1, 2, 4, then every 4 resyncs.
+        ([False], Missing(1, 0)),
+        ([False, False], Missing(2, 1)),
+        ([False, False, False], Missing(3, 3)),
+        ([False] * 6, Missing(6, 3)),
+        ([False, False, True], None),
+        ([True], None),
+    ],
+)
+def test_a_missing_secret_is_looked_for_again_with_backoff(
+    looks: list[bool], expected: Missing | None
+) -> None:
+    record: Missing | None = None
+    for found in looks:
+        record = after_look(record, found)
+    assert record == expected
+
+
+def test_backoff_is_capped() -> None:
+    assert [backoff_resyncs(n) for n in range(1, 7)] == [1, 2, 4, BACKOFF_LIMIT, BACKOFF_LIMIT, BACKOFF_LIMIT]

@@ -1,6 +1,10 @@
 """The watches of a VLLMCluster's children: kopf indexes that hold what reconcile reads (so no pass lists
 anything), and event handlers that wake the owner's loop when a child changes, so a deleted Service or an
-edited RayCluster is repaired at once rather than at the next resync."""
+edited RayCluster is repaired at once rather than at the next resync.
+
+Every handler here is a coroutine: kopf runs a plain function in a thread pool, which would cost each watch
+event two thread hops and would set the loop's asyncio.Event from a foreign thread (not thread-safe, so a
+wake-up could wait for the loop's next unrelated event)."""
 
 from __future__ import annotations
 
@@ -22,28 +26,30 @@ Key = tuple[str, str]
 
 
 @kopf.index(*RAY_CLUSTERS, labels=OURS)
-def ray_clusters(
+async def ray_clusters(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     return {(str(namespace), str(parent_of(labels))): trimmed(body)}
 
 
 @kopf.index("", "v1", "services", labels=OURS)
-def services(
+async def services(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     return {(str(namespace), str(parent_of(labels))): trimmed(body)}
 
 
 @kopf.index("", "v1", "pods", labels=OURS)
-def ray_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, PodView]:
+async def ray_pods(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, PodView]:
     return {(str(namespace), str(parent_of(labels))): pod_view(body)}
 
 
 @kopf.on.event(*RAY_CLUSTERS, labels=OURS)
 @kopf.on.event("", "v1", "services", labels=OURS)
 @kopf.on.event("", "v1", "pods", labels=OURS)
-def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     wake(memo, (str(namespace), str(parent_of(labels))))
 
 

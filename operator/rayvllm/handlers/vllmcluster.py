@@ -97,8 +97,9 @@ async def _pass(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], logger: 
 
 
 @kopf.on.event(*RESOURCE)
-def spec_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
-    """A new generation (or the object's deletion) wakes its loop; status writes do not."""
+async def spec_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A new generation (or the object's deletion) wakes its loop; status writes do not. A coroutine, so
+    kopf calls it on the loop that owns the asyncio.Event (see handlers/children.py)."""
     if body.metadata.get("generation") != memo.get("seen_generation") or body.metadata.get(
         "deletionTimestamp"
     ):
