@@ -87,6 +87,8 @@ REPO = Path(__file__).resolve().parent.parent
 INTEGRATION_OPERATOR_ENV = {
     "RAYVLLM_RESYNC_SECONDS": "2",
     "RAYVLLM_DASHBOARD_URL_TEMPLATE": "http://127.0.0.1:1",
+    # The operator runs on the host here: its metrics server (when a test sets the port) on loopback only.
+    "RAYVLLM_METRICS_HOST": "127.0.0.1",
 }
 
 
