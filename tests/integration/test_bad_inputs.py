@@ -119,6 +119,9 @@ def test_a_secret_created_later_is_found(kube: Kube, namespace: str, operator: O
     )
     # Four resyncs (with their +-20% jitter) and the pass itself.
     wait_for(
-        lambda: kube.get_json("raycluster", name, "-n", namespace), timeout=4 * 2 * 1.2 + 5, interval=0.2
+        lambda: kube.get_json("raycluster", name, "-n", namespace),
+        timeout=4 * 2 * 1.2 + 5,
+        interval=0.2,
+        what="the RayCluster created once the Secret exists",
     )
     assert operator.alive()
