@@ -205,6 +205,13 @@ CASES = {
     ),
     "backoff-ends-at-restart-after": Case(fresh(attempt=1, restart_after=NOW), Submit),
     "budget-spent-never-submits": Case(fresh(budget_exhausted=True), Wait, why=Waiting.BUDGET_SPENT),
+    "given-up-engine-is-not-judged-again": Case(
+        submitted(attempt=MAX_RESTARTS, job_status="FAILED", budget_exhausted=True),
+        Wait,
+        job=job("FAILED"),
+        why=Waiting.BUDGET_SPENT,
+        kept={"submission_id": sid(0, MAX_RESTARTS), "budget_exhausted": True},
+    ),
     "submit-keeps-generation-of-record": Case(
         fresh(generation=2), Submit, kept={"submission_id": sid(0, 0, generation=2)}
     ),
@@ -592,6 +599,7 @@ def test_only_staying_submitted_engines_of_current_settings_are_watched() -> Non
     assert not watched(submitted(index=2), CTX)
     assert not watched(submitted(config_hash="old"), CTX)
     assert not watched(submitted(), make_ctx(suspend=True))
+    assert not watched(submitted(budget_exhausted=True), CTX)  # given up: its job is not asked about again
 
 
 def test_records_split_into_leaving_and_staying() -> None:

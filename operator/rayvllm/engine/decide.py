@@ -100,6 +100,9 @@ def watched(record: EngineStatus, ctx: EngineContext) -> bool:
         not is_leaving(record, ctx.spec)
         and record.config_hash == ctx.config_hash
         and record.submission_id is not None
+        # A given-up engine keeps its last submission id for the record; its job was stopped and is not
+        # judged again (that would repeat GiveUp: its log read and EngineFailed posted at every pass).
+        and not record.budget_exhausted
     )
 
 
@@ -164,7 +167,7 @@ def decide(
         fresh = new_engine(record.index, ctx)
         replacement = _submit_or_wait(fresh, ctx, may_submit=may_submit, slot_free=slot_free)
         return Retire(record, RETIRED_RECREATED, replacement)
-    if record.submission_id is None:
+    if record.submission_id is None or record.budget_exhausted:
         return _submit_or_wait(record, ctx, may_submit=may_submit, slot_free=slot_free)
     return _judge_job(record, job, probe, ctx, logs)
 
