@@ -90,6 +90,13 @@ def secret_problems(
     return problems
 
 
+def secret_values(uses: Sequence[SecretUse], found: Mapping[str, Mapping[str, str] | None]) -> frozenset[str]:
+    """The values of the Secret keys the spec references, as read: what must never reach status or Events
+    from an engine's log (rayvllm.engine.failure.redact)."""
+    values = ((found.get(use.ref.name) or {}).get(use.ref.key) for use in uses)
+    return frozenset(value for value in values if value)
+
+
 def serving_changes(pods: Sequence[PodView], engines: Sequence[EngineStatus]) -> dict[str, bool]:
     """Pods whose serving label must change (True: add it, False: remove it). The Service routes to
     exactly the pods that host a ready engine's API server."""

@@ -41,6 +41,7 @@ from rayvllm.plans import (
     backoff_resyncs,
     secret_problems,
     secret_uses,
+    secret_values,
     serving_changes,
 )
 from rayvllm.ray import Dashboards, RayDashboardClient
@@ -305,6 +306,7 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
         now=p.now,
         api_key=(p.secrets.get(api_key_ref.name) or {}).get(api_key_ref.key) if api_key_ref else None,
         pod_by_ip={pod.ip: pod.name for pod in p.children.pods if pod.ip},
+        secrets=secret_values(secret_uses(spec), p.secrets),
     )
     ray = await _dashboard(p, io)
     p.dashboard_url = ray.base_url

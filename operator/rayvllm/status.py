@@ -5,13 +5,17 @@ does not change, so recomputing an unchanged world yields an identical status (a
 
 Ready is True only when every requested engine answers; until engines exist it is False with reason
 EngineNotLaunched (or a more specific blocker), never True early.
+
+Each engine's stage is read from its record (models.status.engine_stage) and stamped with when it began
+(stageSince, kept while the stage is, like lastTransitionTime); the message names the engines that are not
+ready yet and since when. Nothing here ticks with the clock: a settled status is the same at every pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rayvllm.builders.labels import selector_string, serving_selector
@@ -23,11 +27,13 @@ from rayvllm.models.status import (
     ConditionStatus,
     ConditionType,
     EndpointStatus,
+    EngineStage,
     EngineStatus,
     Phase,
     RayClusterStatus,
     RayResourcesStatus,
     VLLMClusterStatus,
+    engine_stage,
 )
 from rayvllm.observed import PodCounts, PodView
 from rayvllm.reasons import Reason
@@ -39,6 +45,7 @@ __all__ = [
     "Reason",
     "compute_status",
     "differs_only_in_messages",
+    "staged",
     "unschedulable_problems",
 ]
 
@@ -85,6 +92,53 @@ TRUNCATED = " ... (truncated)"
 
 def bounded(message: str, limit: int = MESSAGE_LIMIT) -> str:
     return message if len(message) <= limit else message[: limit - len(TRUNCATED)] + TRUNCATED
+
+
+# The message names at most this many engines that are not ready (the lowest indices), then how many more:
+# a few lines whatever spec.replicas is.
+ENGINES_NAMED = 3
+_STAGE_WORDS = {
+    EngineStage.SUBMITTED: "submitted",
+    EngineStage.WAITING_FOR_RESOURCES: "waiting for resources",
+    EngineStage.LOADING: "loading",
+    EngineStage.READY: "ready",
+    EngineStage.UNHEALTHY: "unhealthy",
+    EngineStage.RESTARTING: "restarting",
+    EngineStage.DRAINING: "draining",
+    EngineStage.FAILED: "failed",
+}
+
+
+def staged(engine: EngineStatus, before: EngineStatus | None, now: datetime) -> EngineStatus:
+    """The engine with its stage, and when that began: kept while the stage is the same, as its record or
+    the stored status (`before`, the same index) has it, like a condition's lastTransitionTime; `now` when
+    the stage changed, or neither says (a new engine, or a status written before stages)."""
+    stage = engine_stage(engine)
+    for known in (engine, before):
+        if known is not None and known.stage == stage and known.stage_since is not None:
+            return engine.model_copy(update={"stage": stage, "stage_since": known.stage_since})
+    return engine.model_copy(update={"stage": stage, "stage_since": now})
+
+
+def _clock(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%H:%M:%S UTC")
+
+
+def _progress(engine: EngineStatus) -> str:
+    """e.g. `engine 1 loading since 12:03:10 UTC`; a restarting engine says when its backoff ends."""
+    if engine.stage == EngineStage.RESTARTING and engine.restart_after is not None:
+        return f"engine {engine.index} restarting at {_clock(engine.restart_after)}"
+    words = _STAGE_WORDS[engine.stage or engine_stage(engine)]
+    since = f" since {_clock(engine.stage_since)}" if engine.stage_since is not None else ""
+    return f"engine {engine.index} {words}{since}"
+
+
+def _engines_progress(engines: Sequence[EngineStatus]) -> str:
+    waiting = [e for e in engines if not e.ready]
+    named = [_progress(e) for e in waiting[:ENGINES_NAMED]]
+    if len(waiting) > ENGINES_NAMED:
+        named.append(f"{len(waiting) - ENGINES_NAMED} more not ready")
+    return "; ".join(named)
 
 
 @dataclass(frozen=True)
@@ -188,7 +242,10 @@ def _engines_verdict(spec: VLLMClusterSpec, engines: list[EngineStatus]) -> _Ver
     ready = sum(e.ready for e in engines)
     if ready == replicas:
         return _true(Reason.ALL_ENGINES_READY, f"{ready}/{replicas} engines ready")
-    return _false(Reason.ENGINES_NOT_READY, f"{ready}/{replicas} engines ready")
+    progress = _engines_progress(engines)
+    return _false(
+        Reason.ENGINES_NOT_READY, f"{ready}/{replicas} engines ready" + (f"; {progress}" if progress else "")
+    )
 
 
 def _degraded_verdict(
@@ -299,6 +356,13 @@ def compute_status(observed: Observation, now: datetime) -> VLLMClusterStatus:
     if now.tzinfo is None or now.utcoffset() != timedelta(0):
         raise ValueError("now must be a UTC-aware datetime")
     now = now.replace(microsecond=0)
+    before = {e.index: e for e in observed.previous.engines} if observed.previous else {}
+    observed = replace(
+        observed,
+        engines=[
+            staged(e, before.get(e.index), now) for e in sorted(observed.engines, key=lambda e: e.index)
+        ],
+    )
     spec, name = observed.spec, observed.ref.name
     if spec is None:
         fatal = [p for p in observed.problems if p.fatal] or [

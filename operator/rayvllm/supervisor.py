@@ -25,6 +25,7 @@ from rayvllm.engine.decide import (
     free_engine_slots,
     judge_without_ray,
     leaving_records,
+    logs_due,
     plan_replicas,
     probe_address,
     replica_records,
@@ -195,11 +196,14 @@ class Supervisor:
         assert sid is not None, "only a watched engine is observed"
         job = await self._get(sid)
         url = probe_address(job, self._ctx)
-        if url is None:
-            return Observed(job)
-        served = self._ctx.spec.model.served_name(self._ctx.ref.name)
-        probe = await self._limited(lambda: self._prober.probe(url, served, self._ctx.api_key))
-        return Observed(job, probe)
+        probe = None
+        if url is not None:
+            served = self._ctx.spec.model.served_name(self._ctx.ref.name)
+            probe = await self._limited(lambda: self._prober.probe(url, served, self._ctx.api_key))
+        # After the probe: not for an engine found ready now. At most every LOG_LINE_REFRESH while it loads,
+        # for Ray answers the whole log each time.
+        logs = await self._logs(sid) if logs_due(record, job, probe, self._ctx) else None
+        return Observed(job, probe, logs)
 
     # ---- acting ------------------------------------------------------------------------------------
 
@@ -240,7 +244,8 @@ class Supervisor:
         await self._limited(lambda: self._ray.stop(sid))
 
     async def _logs(self, sid: str) -> str | None:
-        """Logs only explain a failure: without them the failure is still recorded."""
+        """Logs only explain a failure or a load: without them the failure is still recorded (and a loading
+        engine's log is read again at the next pass)."""
         try:
             return await self._limited(lambda: self._ray.logs(sid))
         except RayError:

@@ -4,7 +4,7 @@ for one replica, the slot plan across replicas, and when to look again."""
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from rayvllm.engine.decide import (
     free_engine_slots,
     judge_without_ray,
     leaving_records,
+    logs_due,
     plan_replicas,
     probe_address,
     replica_records,
@@ -138,6 +139,8 @@ def probe(state: EngineState) -> EngineProbe:
 
 READY = probe(EngineState.READY)
 STARTING = probe(EngineState.STARTING)
+API_KEY = "sk-the-engines-api-key"
+SECRET_CTX = replace(CTX, secrets=frozenset({API_KEY, "hf_held0token0value"}))
 
 
 # ---- the table ---------------------------------------------------------------------------------------
@@ -152,6 +155,7 @@ class Case:
     ctx: EngineContext = CTX
     may_submit: bool = True
     slot_free: bool = True
+    logs: str | None = None
     why: Waiting | str | None = None
     """Wait: its Waiting; failures: a part of the reason; Retire: why."""
     kept: dict[str, Any] = field(default_factory=dict)
@@ -187,7 +191,7 @@ CASES = {
     "new-engine-submits": Case(
         fresh(),
         Submit,
-        kept={"submission_id": sid(0, 0), "job_status": "PENDING", "started_at": NOW, "ready": False},
+        kept={"submission_id": sid(0, 0), "job_status": None, "started_at": NOW, "ready": False},
     ),
     "submit-needs-may-submit": Case(fresh(), Wait, may_submit=False, why=Waiting.NOT_SUBMITTABLE),
     "submit-needs-a-free-slot": Case(fresh(), Wait, slot_free=False, why=Waiting.NO_FREE_SLOT),
@@ -201,6 +205,13 @@ CASES = {
     ),
     "backoff-ends-at-restart-after": Case(fresh(attempt=1, restart_after=NOW), Submit),
     "budget-spent-never-submits": Case(fresh(budget_exhausted=True), Wait, why=Waiting.BUDGET_SPENT),
+    "given-up-engine-is-not-judged-again": Case(
+        submitted(attempt=MAX_RESTARTS, job_status="FAILED", budget_exhausted=True),
+        Wait,
+        job=job("FAILED"),
+        why=Waiting.BUDGET_SPENT,
+        kept={"submission_id": sid(0, MAX_RESTARTS), "budget_exhausted": True},
+    ),
     "submit-keeps-generation-of-record": Case(
         fresh(generation=2), Submit, kept={"submission_id": sid(0, 0, generation=2)}
     ),
@@ -404,7 +415,74 @@ CASES = {
         fresh(config_hash="old", budget_exhausted=True, restarts=3),
         Retire,
         why=RETIRED_RECREATED,
-        kept={"budget_exhausted": False, "restarts": 0, "job_status": "PENDING"},
+        kept={"budget_exhausted": False, "restarts": 0, "job_status": None},
+    ),
+    # -- progress: the loading engine's log line and the time to ready
+    "submission-starts-without-progress": Case(
+        fresh(attempt=1, restart_after=NOW, load_seconds=30, last_log_line="old", last_log_read_at=NOW),
+        Submit,
+        kept={"job_status": None, "load_seconds": None, "last_log_line": None, "last_log_read_at": None},
+    ),
+    "loading-engine-keeps-its-latest-log-line": Case(
+        submitted(),
+        Wait,
+        job=job("RUNNING"),
+        probe=STARTING,
+        ctx=SECRET_CTX,
+        logs=f"INFO downloading\nINFO loading model with key {API_KEY}\n\n",
+        why=Waiting.STARTING,
+        kept={"last_log_line": "INFO loading model with key <redacted>", "last_log_read_at": NOW},
+    ),
+    "log-read-before-the-address-is-known": Case(
+        submitted(),
+        Wait,
+        job=job("RUNNING", ip=None),
+        logs="INFO starting\n",
+        why=Waiting.NO_ADDRESS,
+        kept={"last_log_line": "INFO starting", "last_log_read_at": NOW},
+    ),
+    "log-not-read-keeps-the-last-line": Case(
+        submitted(last_log_line="INFO earlier", last_log_read_at=NOW - timedelta(seconds=10)),
+        Wait,
+        job=job("RUNNING"),
+        probe=STARTING,
+        kept={"last_log_line": "INFO earlier", "last_log_read_at": NOW - timedelta(seconds=10)},
+    ),
+    "log-without-a-meaningful-line": Case(
+        submitted(last_log_line="INFO earlier"),
+        Wait,
+        job=job("RUNNING"),
+        probe=STARTING,
+        logs="\n100%|#####| 2/2 [00:01<00:00]\n",
+        kept={"last_log_line": None, "last_log_read_at": NOW},
+    ),
+    "first-ready-fixes-load-seconds-from-submission-and-drops-the-log-line": Case(
+        submitted(last_log_line="INFO loading", last_log_read_at=NOW - timedelta(seconds=5)),
+        MarkReady,
+        job=job("RUNNING"),
+        probe=READY,
+        kept={"load_seconds": 60, "last_log_line": None, "last_log_read_at": None},
+    ),
+    "recovery-keeps-the-first-load-seconds": Case(
+        serving(ready=False, unhealthy_since=NOW - timedelta(seconds=10), load_seconds=42),
+        MarkReady,
+        job=job("RUNNING"),
+        probe=READY,
+        kept={"load_seconds": 42},
+    ),
+    "serving-engine-keeps-its-load-seconds": Case(
+        serving(load_seconds=42), Wait, job=job("RUNNING"), probe=READY, kept={"load_seconds": 42}
+    ),
+    "failure-drops-the-log-line-for-last-failure": Case(
+        submitted(last_log_line="INFO loading", last_log_read_at=NOW),
+        Restart,
+        job=job("FAILED", f"exit 1: {API_KEY}"),
+        ctx=SECRET_CTX,
+        kept={
+            "last_log_line": None,
+            "last_log_read_at": None,
+            "last_failure": "attempt 0: Ray job FAILED: exit 1: <redacted>",
+        },
     ),
     "recreate-waits-for-the-cluster": Case(
         serving(config_hash="old"),
@@ -419,7 +497,13 @@ CASES = {
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_decide(case: Case) -> None:
     action = decide(
-        case.record, case.job, case.probe, case.ctx, may_submit=case.may_submit, slot_free=case.slot_free
+        case.record,
+        case.job,
+        case.probe,
+        case.ctx,
+        may_submit=case.may_submit,
+        slot_free=case.slot_free,
+        logs=case.logs,
     )
     assert type(action) is case.expect, action
     if case.why is not None:
@@ -515,6 +599,7 @@ def test_only_staying_submitted_engines_of_current_settings_are_watched() -> Non
     assert not watched(submitted(index=2), CTX)
     assert not watched(submitted(config_hash="old"), CTX)
     assert not watched(submitted(), make_ctx(suspend=True))
+    assert not watched(submitted(budget_exhausted=True), CTX)  # given up: its job is not asked about again
 
 
 def test_records_split_into_leaving_and_staying() -> None:
@@ -716,3 +801,63 @@ def test_without_ray_an_engine_that_does_not_answer_leaves_the_service_but_is_no
 
 def test_without_ray_an_engine_not_asked_is_not_ready() -> None:
     assert not judge_without_ray(serving(), None).ready
+
+
+# ---- progress: when a loading engine's log is read ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "seen", "seen_probe", "due"),
+    [
+        pytest.param(submitted(), job("RUNNING"), STARTING, True, id="loading-never-read"),
+        pytest.param(submitted(), job("RUNNING", ip=None), None, True, id="loading-no-address-yet"),
+        pytest.param(
+            submitted(last_log_read_at=NOW - timedelta(seconds=29.9)),
+            job("RUNNING"),
+            STARTING,
+            False,
+            id="read-29.9s-ago",
+        ),
+        pytest.param(
+            submitted(last_log_read_at=NOW - timedelta(seconds=30)),
+            job("RUNNING"),
+            STARTING,
+            True,
+            id="read-30s-ago",
+        ),
+        pytest.param(submitted(), job("PENDING"), None, False, id="pending-has-no-log"),
+        pytest.param(submitted(), None, None, False, id="job-gone"),
+        pytest.param(submitted(), job("FAILED"), None, False, id="failed-its-tail-goes-to-lastFailure"),
+        pytest.param(submitted(), job("RUNNING"), READY, False, id="ready-this-pass"),
+        pytest.param(serving(), job("RUNNING"), READY, False, id="serving"),
+        pytest.param(
+            serving(ready=False, unhealthy_since=NOW),
+            job("RUNNING"),
+            probe(EngineState.UNHEALTHY),
+            False,
+            id="unhealthy",
+        ),
+        pytest.param(
+            serving(ready=False, load_seconds=60), job("RUNNING"), None, False, id="served-this-attempt"
+        ),
+    ],
+)
+def test_logs_due(
+    record: EngineStatus, seen: JobInfo | None, seen_probe: EngineProbe | None, due: bool
+) -> None:
+    assert logs_due(record, seen, seen_probe, CTX) is due
+
+
+def test_a_failure_reason_never_carries_a_held_secret_into_events() -> None:
+    action = decide(
+        submitted(),
+        job("FAILED", f"last logs: key={API_KEY} {API_KEY}"),
+        None,
+        SECRET_CTX,
+        may_submit=True,
+        slot_free=True,
+    )
+    assert isinstance(action, Restart)
+    assert API_KEY not in action.reason and all(API_KEY not in e.message for e in action.events)
+    assert API_KEY not in repr(action) and API_KEY not in repr(SECRET_CTX)
+    assert API_KEY not in (action.after(f"boom {API_KEY}").last_failure or "")

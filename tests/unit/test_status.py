@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from rayvllm.identity import ClusterRef
-from rayvllm.models import ConditionType, EngineStatus, Phase, VLLMClusterSpec, VLLMClusterStatus
-from rayvllm.status import Observation, PodCounts, Problem, Reason, compute_status
+from rayvllm.models import (
+    ConditionType,
+    EngineStage,
+    EngineStatus,
+    Phase,
+    VLLMClusterSpec,
+    VLLMClusterStatus,
+    engine_stage,
+)
+from rayvllm.status import Observation, PodCounts, Problem, Reason, compute_status, staged
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 NAME, NAMESPACE = "llama", "team-a"
@@ -163,12 +172,11 @@ def test_ray_cluster_ready_but_no_engine_is_never_ready() -> None:
 
 
 def test_engines_loading() -> None:
-    status = compute_status(
-        _observe(ray_cluster=_ray_cluster(), engines=(_engine(0), _engine(1, ready=False))), T0
-    )
+    loading = _engine(1, ready=False).model_copy(update={"job_status": "RUNNING", "last_failure": None})
+    status = compute_status(_observe(ray_cluster=_ray_cluster(), engines=(_engine(0), loading)), T0)
     assert status.phase is Phase.LAUNCHING
     assert _summary(status)["Ready"] == ("False", Reason.ENGINES_NOT_READY)
-    assert status.message == "1/2 engines ready"
+    assert status.message == "1/2 engines ready; engine 1 loading since 12:00:00 UTC"
     assert status.ready_replicas == 1
 
 
@@ -330,3 +338,168 @@ def test_a_message_past_the_schema_limit_is_truncated_not_fatal() -> None:
     messages = [c.message for c in status.conditions] + [status.message or ""]
     assert max(len(m) for m in messages) <= 32768
     assert any(m.endswith("(truncated)") for m in messages)
+
+
+# ---- engine progress: stage, since when, and the message --------------------------------------------------
+
+BACKOFF_END = T0 + timedelta(seconds=40)
+
+
+def _record(**fields: Any) -> EngineStatus:
+    return EngineStatus.model_validate({"index": 1, **fields})
+
+
+SID = {"submission_id": "rayvllm-1"}
+STAGES = {
+    "new-engine-not-submitted": (_record(), EngineStage.WAITING_FOR_RESOURCES),
+    "submitted-not-yet-seen-by-ray": (_record(**SID), EngineStage.SUBMITTED),
+    "job-pending": (_record(**SID, job_status="PENDING"), EngineStage.WAITING_FOR_RESOURCES),
+    "job-running-not-answering": (
+        _record(**SID, job_status="RUNNING", health="Starting"),
+        EngineStage.LOADING,
+    ),
+    "job-running-model-not-served-yet": (
+        _record(**SID, job_status="RUNNING", health="ModelNotServed"),
+        EngineStage.LOADING,
+    ),
+    "ready": (_record(**SID, job_status="RUNNING", ready=True, load_seconds=60), EngineStage.READY),
+    "unhealthy-within-grace": (
+        _record(**SID, job_status="RUNNING", unhealthy_since=T0, load_seconds=60),
+        EngineStage.UNHEALTHY,
+    ),
+    "served-and-not-answering-without-ray": (
+        _record(**SID, job_status="RUNNING", load_seconds=60),
+        EngineStage.UNHEALTHY,
+    ),
+    "backing-off": (_record(restarts=1, attempt=1, restart_after=BACKOFF_END), EngineStage.RESTARTING),
+    "job-ended-this-pass": (_record(**SID, job_status="FAILED"), EngineStage.RESTARTING),
+    "draining": (_record(**SID, job_status="RUNNING", draining_since=T0), EngineStage.DRAINING),
+    "budget-spent": (_record(**SID, job_status="FAILED", budget_exhausted=True), EngineStage.FAILED),
+}
+
+
+@pytest.mark.parametrize(("record", "stage"), STAGES.values(), ids=STAGES.keys())
+def test_engine_stage_is_read_from_the_record(record: EngineStatus, stage: EngineStage) -> None:
+    assert engine_stage(record) is stage
+
+
+def test_every_stage_is_derived_by_some_record() -> None:
+    assert {stage for _, stage in STAGES.values()} == set(EngineStage)
+
+
+LOADING = _record(**SID, job_status="RUNNING", health="Starting")
+EARLIER = T0 - timedelta(minutes=5)
+SINCE = {
+    "first-seen-now": (LOADING, None, T0),
+    "kept-from-the-record": (
+        LOADING.model_copy(update={"stage": "Loading", "stage_since": EARLIER}),
+        None,
+        EARLIER,
+    ),
+    "kept-from-the-stored-status": (
+        LOADING,
+        LOADING.model_copy(update={"stage": "Loading", "stage_since": EARLIER}),
+        EARLIER,
+    ),
+    "a-new-stage-begins-now": (
+        LOADING.model_copy(update={"stage": "WaitingForResources", "stage_since": EARLIER}),
+        None,
+        T0,
+    ),
+    "the-stored-status-of-another-stage-is-not-used": (
+        LOADING,
+        LOADING.model_copy(update={"stage": "Submitted", "stage_since": EARLIER}),
+        T0,
+    ),
+}
+
+
+@pytest.mark.parametrize(("record", "before", "since"), SINCE.values(), ids=SINCE.keys())
+def test_stage_since_is_kept_while_the_stage_is(
+    record: EngineStatus, before: EngineStatus | None, since: datetime
+) -> None:
+    out = staged(record, before, T0)
+    assert (out.stage, out.stage_since) == (EngineStage.LOADING, since)
+
+
+def _running(index: int, **fields: Any) -> EngineStatus:
+    return EngineStatus.model_validate(
+        {"index": index, "submission_id": f"rayvllm-{index}", "job_status": "RUNNING", **fields}
+    )
+
+
+MESSAGES = {
+    "one-loading": (
+        (_running(0, ready=True), _running(1, stage="Loading", stage_since=T0 - timedelta(seconds=70))),
+        "1/2 engines ready; engine 1 loading since 11:58:50 UTC",
+    ),
+    "loading-first-seen-now": (
+        (_running(0, ready=True), _running(1)),
+        "1/2 engines ready; engine 1 loading since 12:00:00 UTC",
+    ),
+    "submitted-and-pending": (
+        (_running(0, job_status=None), _running(1, job_status="PENDING")),
+        "0/2 engines ready; engine 0 submitted since 12:00:00 UTC; engine 1 waiting for resources since 12:00:00 UTC",
+    ),
+    "not-submitted-yet": (
+        (_running(0, ready=True), EngineStatus(index=1)),
+        "1/2 engines ready; engine 1 waiting for resources since 12:00:00 UTC",
+    ),
+}
+
+
+@pytest.mark.parametrize(("engines", "message"), MESSAGES.values(), ids=MESSAGES.keys())
+def test_the_message_says_which_engines_are_not_ready_and_since_when(
+    engines: tuple[EngineStatus, ...], message: str
+) -> None:
+    status = compute_status(_observe(ray_cluster=_ray_cluster(), engines=engines), T0)
+    assert status.phase is Phase.LAUNCHING
+    assert status.message == message
+    assert status.condition(ConditionType.ENGINES_READY).message == message  # type: ignore[union-attr]
+
+
+def test_a_restarting_engine_says_when_it_restarts() -> None:
+    backing_off = EngineStatus(index=1, restarts=1, attempt=1, restart_after=BACKOFF_END, last_failure="boom")
+    status = compute_status(
+        _observe(ray_cluster=_ray_cluster(), engines=(_running(0, ready=True), backing_off)), T0
+    )
+    assert status.phase is Phase.DEGRADED  # the failure is the headline...
+    engines = status.condition(ConditionType.ENGINES_READY)
+    assert engines is not None and engines.message == "1/2 engines ready; engine 1 restarting at 12:00:40 UTC"
+
+
+def test_the_message_names_a_few_engines_whatever_the_replicas() -> None:
+    engines = tuple(_running(i, job_status="PENDING") for i in range(1000))
+    status = compute_status(
+        _observe(
+            spec=_spec(replicas=1000),
+            ray_cluster=_ray_cluster(),
+            pods=PodCounts(head_ready=True, ready_workers=1000),
+            engines=engines,
+        ),
+        T0,
+    )
+    assert status.message == (
+        "0/1000 engines ready; engine 0 waiting for resources since 12:00:00 UTC; engine 1 waiting for resources "
+        "since 12:00:00 UTC; engine 2 waiting for resources since 12:00:00 UTC; 997 more not ready"
+    )
+
+
+def test_a_settled_ready_status_is_byte_identical_at_every_later_pass() -> None:
+    """The zero-writes-at-rest invariant: each pass starts from the stored status (its engines included), as
+    reconcile does, and later clocks change nothing."""
+    engines = tuple(
+        _running(i, ready=True, health="Ready", load_seconds=95, started_at=T0 - timedelta(minutes=10))
+        for i in range(2)
+    )
+    stored = compute_status(_observe(ray_cluster=_ray_cluster(), engines=engines), T0)
+    wire = json.dumps(stored.to_wire(), sort_keys=True)
+    assert [(e.stage, e.stage_since, e.load_seconds) for e in stored.engines] == [
+        (EngineStage.READY, T0, 95)
+    ] * 2
+    for later in (timedelta(seconds=15), timedelta(minutes=30), timedelta(days=3)):
+        stored = VLLMClusterStatus.model_validate(json.loads(wire))
+        again = compute_status(
+            _observe(ray_cluster=_ray_cluster(), engines=tuple(stored.engines), previous=stored), T0 + later
+        )
+        assert json.dumps(again.to_wire(), sort_keys=True) == wire

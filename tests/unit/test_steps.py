@@ -26,6 +26,7 @@ from rayvllm.plans import (
     backoff_resyncs,
     secret_problems,
     secret_uses,
+    secret_values,
     serving_changes,
 )
 from rayvllm.reasons import Reason
@@ -190,6 +191,24 @@ def test_every_referenced_secret_is_checked_with_the_field_that_names_it() -> No
     assert problems[0].message.startswith("spec.model.hfTokenSecretRef: Secret team/hf does not exist")
     assert "has no key 'key' (it has: other)" in problems[1].message
     assert secret_problems("team", uses, {"hf": {"token": "t"}, "api": {"key": "k"}}) == []
+
+
+@pytest.mark.parametrize(
+    ("found", "values"),
+    [
+        (
+            {"hf": {"token": "hf-value", "other": "not-referenced"}, "api": {"key": "api-value"}},
+            {"hf-value", "api-value"},
+        ),
+        ({"hf": None, "api": {"key": "api-value"}}, {"api-value"}),
+        ({"hf": {"token": ""}, "api": {}}, set()),
+        ({}, set()),
+    ],
+)
+def test_the_values_to_redact_are_those_of_the_referenced_keys(
+    found: dict[str, dict[str, str] | None], values: set[str]
+) -> None:
+    assert secret_values(secret_uses(SPEC), found) == values
 
 
 # ---- serving labels ---------------------------------------------------------------------------------

@@ -1,12 +1,26 @@
-"""Pure pieces of the engine supervisor: the engine fingerprint and what leaves the engine's logs."""
+"""Pieces of the engine supervisor: the engine fingerprint, what leaves the engine's logs (redacted), and how
+often the executor reads a loading engine's log."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from rayvllm.engine.failure import LAST_FAILURE_LIMIT, failure_text, log_tail, redact
+import pytest
+
+from rayvllm.engine.context import EngineContext
+from rayvllm.engine.failure import LAST_FAILURE_LIMIT, failure_text, last_log_line, log_tail, redact
 from rayvllm.engine.fingerprint import engine_config_hash
-from rayvllm.models import parse_spec
+from rayvllm.engine.probe import EngineProbe, EngineState
+from rayvllm.identity import ClusterRef
+from rayvllm.models import EngineStatus, parse_spec
+from rayvllm.models.rayapi import JobInfo
+from rayvllm.models.status import LOG_LINE_LIMIT
+from rayvllm.ray import RayDashboardClient
+from rayvllm.settings import Settings
+from rayvllm.supervisor import Supervisor
 
 
 def spec(**changes: Any) -> Any:
@@ -50,3 +64,156 @@ def test_failure_text_is_bounded_and_keeps_the_end() -> None:
     assert len(text) <= LAST_FAILURE_LIMIT
     assert text.endswith("the real error")
     assert failure_text("why", None) == "why"
+
+
+# ---- Secret values the operator holds, and the loading engine's log line -------------------------------
+
+API_KEY, HF_TOKEN = "k3y-Of-The-Api", "hf_0123456789abcdef"
+HELD = frozenset({API_KEY, HF_TOKEN, "a-longer-k3y-Of-The-Api-with-more"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"serving with key {API_KEY} on :8000", "serving with key <redacted> on :8000"),
+        # A held value with no token shape is found by value alone.
+        (f"VLLM_API_KEY is {API_KEY}.", "VLLM_API_KEY is <redacted>."),
+        # The longer value goes whole, not as a redacted part of it.
+        ("x a-longer-k3y-Of-The-Api-with-more x", "x <redacted> x"),
+        (f"{API_KEY}{API_KEY}", "<redacted><redacted>"),
+        ("nothing secret here", "nothing secret here"),
+    ],
+)
+def test_redact_replaces_every_held_secret_value(text: str, expected: str) -> None:
+    assert redact(text, HELD) == expected
+
+
+def test_redact_ignores_empty_values() -> None:
+    assert redact("model loaded", frozenset({""})) == "model loaded"
+
+
+def test_failure_text_redacts_held_values_in_the_reason_and_the_log() -> None:
+    text = failure_text(f"Ray job FAILED: last logs: {API_KEY}", f"started\nusing {API_KEY}\n", HELD)
+    assert API_KEY not in text and text.count("<redacted>") == 2
+
+
+VLLM_LINE = "INFO 03-01 12:00:05 [loader.py:458] Loading weights took 3.21 seconds"
+BAR = "\x1b[32m100%|██████████| 2/2 [00:02<00:00,  1.05it/s]\x1b[0m"
+SHARDS = "Loading safetensors checkpoint shards:  50% Completed | 1/2 [00:01<00:01,  1.20s/it]"
+
+
+@pytest.mark.parametrize(
+    ("logs", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("\n  \n\t\n", None),
+        (f"{VLLM_LINE}\n\n   \n", VLLM_LINE),
+        # A bare progress bar is noise; a named one is what the engine is doing.
+        (f"{VLLM_LINE}\n{BAR}\n", VLLM_LINE),
+        (f"{VLLM_LINE}\n{SHARDS}\n", SHARDS),
+        ("=====\n----\n", None),
+        # tqdm redraws with carriage returns: only the latest drawing counts.
+        (
+            "Loading safetensors checkpoint shards:   0% Completed | 0/2\r"
+            "Loading safetensors checkpoint shards: 100% Completed | 2/2\r",
+            "Loading safetensors checkpoint shards: 100% Completed | 2/2",
+        ),
+        # Ray's prefix of a worker's line is not a word of the line; colour codes are dropped.
+        (f"{VLLM_LINE}\n(RayWorkerWrapper pid=4242, ip=10.0.0.7) {BAR}\n", VLLM_LINE),
+        (
+            "(RayWorkerWrapper pid=4242) INFO 03-01 [worker.py:12] Memory profiling done\n",
+            "(RayWorkerWrapper pid=4242) INFO 03-01 [worker.py:12] Memory profiling done",
+        ),
+        ("\x1b[1;33mWARNING\x1b[0m no GPU found\n", "WARNING no GPU found"),
+        # Never a Secret value, whether held by the operator or only shaped like a token.
+        (f"INFO using api key {API_KEY}\n", "INFO using api key <redacted>"),
+        ("INFO HF_TOKEN=hf_abcdefghijklmnop\n", "INFO HF_TOKEN=<redacted>"),
+    ],
+)
+def test_last_log_line_is_the_latest_meaningful_line_redacted(logs: str | None, expected: str | None) -> None:
+    assert last_log_line(logs, HELD) == expected
+
+
+def test_last_log_line_is_cut_after_redaction() -> None:
+    # The Secret value straddles the cut: redacting after cutting would leave its first part in status.
+    line = "x" * (LOG_LINE_LIMIT - 10) + API_KEY + " and more words after it"
+    kept = last_log_line(line, HELD)
+    assert kept is not None and len(kept) == LOG_LINE_LIMIT and kept.endswith("...")
+    assert API_KEY[:5] not in kept
+    assert last_log_line("w" * 10_000, HELD) == "w" * (LOG_LINE_LIMIT - 3) + "..."
+
+
+# ---- the executor reads a loading engine's log at most every 30 s ---------------------------------------
+
+T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
+REF = ClusterRef("team-a", "llm", "uid-1", generation=3)
+
+
+class FakeRay:
+    """The part of RayDashboardClient the supervisor uses for a watched engine: one RUNNING job."""
+
+    def __init__(self, logs: str) -> None:
+        self.text = logs
+        self.log_reads = 0
+
+    async def get(self, submission_id: str) -> JobInfo:
+        return JobInfo(
+            submission_id=submission_id, status="RUNNING", driver_agent_http_address="http://10.0.0.7:52365"
+        )
+
+    async def logs(self, submission_id: str) -> str:
+        self.log_reads += 1
+        return self.text
+
+
+@dataclass
+class FakeProber:
+    state: EngineState = EngineState.STARTING
+
+    async def probe(self, base_url: str, served_model_name: str, api_key: str | None = None) -> EngineProbe:
+        return EngineProbe(self.state, self.state.value)
+
+
+def test_a_loading_engine_s_log_is_read_at_most_every_30_s_and_never_once_ready() -> None:
+    ray, prober = FakeRay(f"INFO starting\nINFO loading weights with key {API_KEY}\n{BAR}\n"), FakeProber()
+    settings = Settings(starting_probe_seconds=1.5, engine_host_override=None)
+
+    def run_at(seconds: float, engines: list[EngineStatus]) -> list[EngineStatus]:
+        ctx = EngineContext(
+            REF, spec(replicas=1), settings, T0 + timedelta(seconds=seconds), secrets=frozenset({API_KEY})
+        )
+        supervisor = Supervisor(cast(RayDashboardClient, ray), ctx, prober=prober)
+        return asyncio.run(supervisor.run(engines, may_submit=False)).engines
+
+    engines = [
+        EngineStatus(
+            index=0,
+            submission_id="rayvllm-llm-r0-g3-a0-x",
+            job_status="PENDING",
+            generation=3,
+            config_hash=engine_config_hash(spec(replicas=1)),
+            started_at=T0 - timedelta(seconds=90),
+        )
+    ]
+    reads = []
+    for second in (0, 1.5, 3, 29.9, 30, 31.5, 59.9):
+        engines = run_at(second, engines)
+        reads.append(ray.log_reads)
+    assert reads == [1, 1, 1, 1, 2, 2, 2]
+    (loading,) = engines
+    assert loading.last_log_line == "INFO loading weights with key <redacted>"
+    assert loading.last_log_read_at == T0 + timedelta(seconds=30)
+
+    prober.state = EngineState.READY
+    engines = run_at(61, engines)
+    (ready,) = engines
+    assert (ready.ready, ready.load_seconds, ready.last_log_line, ready.last_log_read_at) == (
+        True,
+        151,
+        None,
+        None,
+    )
+    for second in (62, 100, 3600):
+        assert run_at(second, engines) == engines
+    assert ray.log_reads == 2

@@ -5,7 +5,7 @@ submission created a job), the action holds everything else and a method finishe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -93,6 +93,8 @@ class _Failure:
     stop_job: bool
     """The job may still run in Ray (not terminal, or unknown to it)."""
     max_restarts: int
+    secrets: frozenset[str] = field(default_factory=frozenset, repr=False, kw_only=True)
+    """Values redacted from the logs kept in lastFailure (EngineContext.secrets); never in a repr."""
 
     @property
     def submission_id(self) -> str:
@@ -103,9 +105,14 @@ class _Failure:
         return self.failed.model_copy(
             update={
                 "ready": False,
-                "last_failure": failure_text(f"attempt {self.failed.attempt}: {self.reason}", logs),
+                "last_failure": failure_text(
+                    f"attempt {self.failed.attempt}: {self.reason}", logs, self.secrets
+                ),
                 "unhealthy_since": None,
                 "url": None,
+                # lastFailure tells the end of the attempt now.
+                "last_log_line": None,
+                "last_log_read_at": None,
                 **update,
             }
         )

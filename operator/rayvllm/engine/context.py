@@ -20,10 +20,13 @@ class EngineContext:
     spec: VLLMClusterSpec
     settings: Settings
     now: datetime
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     """Never logged or stored: the executor probes /v1/models with it the way clients call it."""
     pod_by_ip: Mapping[str, str] = field(default_factory=dict)
     """Ray pods by IP: on KubeRay a Ray node's IP is its pod's IP, which finds the pod hosting an engine."""
+    secrets: frozenset[str] = field(default_factory=frozenset, repr=False)
+    """The values of the Secret keys the spec references (HF token, API key, ...), as read this pass: never
+    logged; whatever goes from an engine's log into status or Events is redacted of them."""
 
     @cached_property
     def config_hash(self) -> str:

@@ -6,6 +6,7 @@ One pass over a VLLMCluster's engines:
 - `leaving_records`: engines past spec.replicas, or all of them when suspended: drained, then retired;
 - `replica_records`: one record per index 0..replicas-1, a new engine where there is none;
 - `watched`: which of those have a job to GET (and, while it runs at a known address, to probe);
+- `logs_due`: whether a loading engine's log is read this pass, for its lastLogLine;
 - `plan_replicas`: `decide` for each replica in index order, so submissions never exceed the free slots;
 - `requeue_after`: how soon to look again.
 """
@@ -30,6 +31,7 @@ from rayvllm.engine.actions import (
     takes_slot,
 )
 from rayvllm.engine.context import EngineContext
+from rayvllm.engine.failure import last_log_line, redact
 from rayvllm.engine.job import EngineRef, submission_id
 from rayvllm.engine.probe import EngineProbe
 from rayvllm.models.rayapi import ClusterResources, JobInfo
@@ -43,15 +45,20 @@ RETIRED_RECREATED = "engine settings changed (upgradeStrategy Recreate)"
 JOB_GONE = "the Ray job is gone (Ray head restarted without GCS fault tolerance?)"
 # Sooner than this is not worth a pass: a backoff about to end is looked at once it has.
 MIN_REQUEUE_SECONDS = 0.5
+# A loading engine's log is read (the whole log: Ray has no tail over REST) at most this often, so its
+# lastLogLine, and the status with it, changes at most this often while it loads.
+LOG_LINE_REFRESH = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
 class Observed:
-    """What the executor saw of a watched engine: its Ray job (None: Ray does not know it) and, when the job
-    runs at a known address, the engine's probe (None: not probed)."""
+    """What the executor saw of a watched engine: its Ray job (None: Ray does not know it), when the job
+    runs at a known address the engine's probe (None: not probed), and when `logs_due` its job's log (None:
+    not read)."""
 
     job: JobInfo | None
     probe: EngineProbe | None = None
+    logs: str | None = None
 
 
 NOT_WATCHED = Observed(job=None)
@@ -93,6 +100,9 @@ def watched(record: EngineStatus, ctx: EngineContext) -> bool:
         not is_leaving(record, ctx.spec)
         and record.config_hash == ctx.config_hash
         and record.submission_id is not None
+        # A given-up engine keeps its last submission id for the record; its job was stopped and is not
+        # judged again (that would repeat GiveUp: its log read and EngineFailed posted at every pass).
+        and not record.budget_exhausted
     )
 
 
@@ -103,6 +113,20 @@ def probe_address(job: JobInfo | None, ctx: EngineContext) -> str | None:
         return None
     host = ctx.settings.engine_host_override or job.driver_node_ip
     return f"http://{host}:{ctx.spec.engine.port}" if host else None
+
+
+def logs_due(
+    record: EngineStatus, job: JobInfo | None, probe: EngineProbe | None, ctx: EngineContext
+) -> bool:
+    """Read the job's log this pass: the engine is loading (its job RUNNING, this attempt has not been ready
+    yet, and this pass's probe, if any, did not find it ready) and its lastLogLine is older than
+    LOG_LINE_REFRESH. Never for a ready engine: its status must stay as it is."""
+    if job is None or job.status != "RUNNING" or record.ready or (probe is not None and probe.ready):
+        return False
+    if record.load_seconds is not None or record.unhealthy_since is not None:
+        return False  # it served in this attempt: a failure's log goes to lastFailure instead
+    read_at = record.last_log_read_at
+    return read_at is None or ctx.now - read_at >= LOG_LINE_REFRESH
 
 
 def free_engine_slots(resources: ClusterResources, spec: VLLMClusterSpec) -> int:
@@ -126,12 +150,14 @@ def decide(
     *,
     may_submit: bool,
     slot_free: bool,
+    logs: str | None = None,
 ) -> Action:
     """What to do about one engine this pass.
 
     `job` and `probe` are read only for a `watched` engine: its job as Ray reports it (None: Ray does not
-    know it) and its probe (None: not probed). `may_submit`: the RayCluster is ready and its GCS healthy.
-    `slot_free`: an engine slot is free for a submission (see `plan_replicas`)."""
+    know it) and its probe (None: not probed); `logs`, its job's log when `logs_due` (None: not read).
+    `may_submit`: the RayCluster is ready and its GCS healthy. `slot_free`: an engine slot is free for a
+    submission (see `plan_replicas`)."""
     spec = ctx.spec
     if spec.suspend:
         return Retire(record, RETIRED_SUSPENDED)
@@ -141,9 +167,9 @@ def decide(
         fresh = new_engine(record.index, ctx)
         replacement = _submit_or_wait(fresh, ctx, may_submit=may_submit, slot_free=slot_free)
         return Retire(record, RETIRED_RECREATED, replacement)
-    if record.submission_id is None:
+    if record.submission_id is None or record.budget_exhausted:
         return _submit_or_wait(record, ctx, may_submit=may_submit, slot_free=slot_free)
-    return _judge_job(record, job, probe, ctx)
+    return _judge_job(record, job, probe, ctx, logs)
 
 
 def _submit_or_wait(
@@ -161,19 +187,23 @@ def _submit_or_wait(
     pending = record.model_copy(
         update={
             "submission_id": submission_id(engine),
-            "job_status": "PENDING",
+            # Unknown until Ray is asked about the job, at the next pass: the stage is Submitted till then.
+            "job_status": None,
             "started_at": ctx.now,
             "restart_after": None,
             "unhealthy_since": None,
             "ready": False,
             "health": None,
+            "load_seconds": None,
+            "last_log_line": None,
+            "last_log_read_at": None,
         }
     )
     return Submit(engine, pending)
 
 
 def _judge_job(
-    record: EngineStatus, job: JobInfo | None, probe: EngineProbe | None, ctx: EngineContext
+    record: EngineStatus, job: JobInfo | None, probe: EngineProbe | None, ctx: EngineContext, logs: str | None
 ) -> Action:
     if job is None:
         return _fail(record, JOB_GONE, ctx, job_may_run=True)
@@ -187,6 +217,9 @@ def _judge_job(
             reason = f"Ray job still PENDING after startupTimeoutSeconds: {job.message or 'no resources?'}"
             return _fail(record, reason, ctx, job_may_run=True)
         return Wait(record, Waiting.PENDING)
+    if logs is not None:
+        line = last_log_line(logs, ctx.secrets)
+        record = record.model_copy(update={"last_log_line": line, "last_log_read_at": ctx.now})
     url = probe_address(job, ctx)
     if url is None:
         return Wait(record, Waiting.NO_ADDRESS)
@@ -204,8 +237,9 @@ def _judge_job(
 
 def _judge_probe(record: EngineStatus, probe: EngineProbe, startup_over: bool, ctx: EngineContext) -> Action:
     if probe.ready:
-        serving = record.model_copy(update={"ready": True, "unhealthy_since": None})
-        return Wait(serving, Waiting.SERVING) if record.ready else MarkReady(serving)
+        if record.ready:
+            return Wait(record.model_copy(update={"unhealthy_since": None}), Waiting.SERVING)
+        return MarkReady(record.model_copy(update=_ready_update(record, ctx)))
     grace = ctx.settings.unhealthy_grace_seconds
     if record.ready or record.unhealthy_since is not None:
         # Once ready, an engine is given a grace period: a busy engine may miss a probe or two.
@@ -222,10 +256,29 @@ def _judge_probe(record: EngineStatus, probe: EngineProbe, startup_over: bool, c
     return Wait(record, Waiting.STARTING)
 
 
+def _ready_update(record: EngineStatus, ctx: EngineContext) -> dict[str, object]:
+    """An engine ready again: a first ready of this attempt fixes its loadSeconds (a recovery after an
+    unhealthy spell keeps the first); its loading log line has told its story and goes."""
+    load_seconds = record.load_seconds
+    if load_seconds is None and record.started_at is not None:
+        load_seconds = max(0, round((ctx.now - record.started_at).total_seconds()))
+    return {
+        "ready": True,
+        "unhealthy_since": None,
+        "load_seconds": load_seconds,
+        "last_log_line": None,
+        "last_log_read_at": None,
+    }
+
+
 def _fail(record: EngineStatus, reason: str, ctx: EngineContext, *, job_may_run: bool) -> Restart | GiveUp:
     policy = ctx.spec.restart_policy
+    # Ray's job message (part of the reason) may quote the job's log: it goes into Events and lastFailure.
+    reason = redact(reason, ctx.secrets)
     if record.restarts >= policy.max_restarts:
-        return GiveUp(record, reason, stop_job=job_may_run, max_restarts=policy.max_restarts)
+        return GiveUp(
+            record, reason, stop_job=job_may_run, max_restarts=policy.max_restarts, secrets=ctx.secrets
+        )
     return Restart(
         record,
         reason,
@@ -233,6 +286,7 @@ def _fail(record: EngineStatus, reason: str, ctx: EngineContext, *, job_may_run:
         max_restarts=policy.max_restarts,
         delay_seconds=policy.backoff_before_restart(record.restarts),
         now=ctx.now,
+        secrets=ctx.secrets,
     )
 
 
@@ -298,7 +352,15 @@ def plan_replicas(
     actions: list[Action] = []
     for record in records:
         seen = observed[record.index] if watched(record, ctx) else NOT_WATCHED
-        action = decide(record, seen.job, seen.probe, ctx, may_submit=may_submit, slot_free=free_slots > 0)
+        action = decide(
+            record,
+            seen.job,
+            seen.probe,
+            ctx,
+            may_submit=may_submit,
+            slot_free=free_slots > 0,
+            logs=seen.logs,
+        )
         if takes_slot(action):
             free_slots -= 1
         actions.append(action)

@@ -20,10 +20,12 @@ from rayvllm.models.status import (
     Condition,
     ConditionType,
     EndpointStatus,
+    EngineStage,
     EngineStatus,
     Phase,
     RayClusterStatus,
     VLLMClusterStatus,
+    engine_stage,
 )
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "ConditionType",
     "EndpointStatus",
     "EngineSpec",
+    "EngineStage",
     "EngineStatus",
     "EnvVar",
     "ModelSource",
@@ -46,6 +49,7 @@ __all__ = [
     "VLLMCluster",
     "VLLMClusterSpec",
     "VLLMClusterStatus",
+    "engine_stage",
     "parse_cluster",
     "parse_previous_status",
     "parse_spec",

@@ -55,6 +55,22 @@ class Condition(StatusModel):
 
 
 JobStatus = Literal["PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"]
+# EngineStatus.lastLogLine's bound: a line is trimmed to LOG_LINE_LIMIT characters before it is stored.
+LOG_LINE_LIMIT = 200
+
+
+class EngineStage(StrEnum):
+    """What an engine is doing now, derived from its record by `engine_stage` (never kept as state of its
+    own, so it cannot disagree with the fields it is read from)."""
+
+    SUBMITTED = "Submitted"
+    WAITING_FOR_RESOURCES = "WaitingForResources"
+    LOADING = "Loading"
+    READY = "Ready"
+    UNHEALTHY = "Unhealthy"
+    RESTARTING = "Restarting"
+    DRAINING = "Draining"
+    FAILED = "Failed"
 
 
 class EngineStatus(StatusModel):
@@ -109,6 +125,71 @@ class EngineStatus(StatusModel):
             "removed once in-flight requests had time to finish."
         ),
     )
+    stage: EngineStage | None = Field(
+        None,
+        description=(
+            "What the engine is doing now, read from the fields above: WaitingForResources (not submitted "
+            "yet because the Ray cluster is not ready or has no free engine slot, or its Ray job is PENDING), "
+            "Submitted (Ray has not reported the new job yet), Loading (job RUNNING, not answering its "
+            "probe yet), Ready, Unhealthy (it served during this attempt and fails its probe now), "
+            "Restarting (waiting out the backoff until restartAfter), Draining (scaled down), Failed "
+            "(restartPolicy.maxRestarts spent)."
+        ),
+    )
+    stage_since: datetime | None = Field(
+        None,
+        description=(
+            "When the operator first saw the engine in its stage (like a condition's lastTransitionTime: "
+            "unchanged while the stage is)."
+        ),
+    )
+    load_seconds: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Seconds from this attempt's submission (startedAt) to its first ready probe: waiting for "
+            "resources, downloading and loading the model. Unset until then; kept while the attempt lasts."
+        ),
+    )
+    last_log_line: str | None = Field(
+        None,
+        max_length=256,
+        description=(
+            "While loading: the last meaningful line of the engine's Ray job log (blank lines and bare "
+            "progress bars skipped), Secret values and token shapes redacted, cut to 200 characters. "
+            "Read at most every 30 s; cleared once the engine is ready or the attempt ends."
+        ),
+    )
+    last_log_read_at: datetime | None = Field(None, description="When lastLogLine was read from Ray.")
+
+
+def engine_stage(engine: EngineStatus) -> EngineStage:
+    """The engine's stage from what its record holds, first match wins. `loadSeconds` set means the attempt
+    served before: not ready now is then Unhealthy, never Loading again (also while the Ray dashboard is
+    unreachable and the engine is not answering, when no unhealthySince is kept)."""
+    if engine.budget_exhausted:
+        return EngineStage.FAILED
+    if engine.draining_since is not None:
+        return EngineStage.DRAINING
+    if engine.submission_id is None:
+        # Only a failed attempt leaves restartAfter; a new engine waits for the cluster or a free slot.
+        return (
+            EngineStage.RESTARTING if engine.restart_after is not None else EngineStage.WAITING_FOR_RESOURCES
+        )
+    if engine.ready:
+        return EngineStage.READY
+    match engine.job_status:
+        case None:
+            return EngineStage.SUBMITTED
+        case "PENDING":
+            return EngineStage.WAITING_FOR_RESOURCES
+        case "RUNNING":
+            served = engine.unhealthy_since is not None or engine.load_seconds is not None
+            return EngineStage.UNHEALTHY if served else EngineStage.LOADING
+        case _:
+            # A job that ended is restarted by the supervisor in the pass that sees it; this record is not
+            # kept past that pass.
+            return EngineStage.RESTARTING
 
 
 class ResourceUsage(StatusModel):
