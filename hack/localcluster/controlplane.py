@@ -32,6 +32,7 @@ class Tools:
     kwok: Path
     helm: Path
     coredns: Path
+    prometheus: Path
 
     @classmethod
     def from_cache(cls) -> Tools:
@@ -45,6 +46,7 @@ class Tools:
             kwok=cache / f"kwok-v{v['KWOK_VERSION']}",
             helm=cache / f"helm-v{v['HELM_VERSION']}",
             coredns=cache / f"coredns-v{v['COREDNS_VERSION']}",
+            prometheus=cache / f"prometheus-v{v['PROMETHEUS_VERSION']}",
         )
         missing = [str(p) for p in vars(tools).values() if not (p / ".complete").exists()]
         if missing:

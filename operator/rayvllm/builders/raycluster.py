@@ -30,6 +30,8 @@ HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
 WORKER_GROUP = "gpu"
 ENGINE_PORT_NAME = "vllm-http"
+# vLLM's OpenAI server serves its Prometheus metrics here, on the engine port.
+ENGINE_METRICS_PATH = "/metrics"
 
 HF_TOKEN_ENV = "HF_TOKEN"
 API_KEY_ENV = "VLLM_API_KEY"
@@ -137,6 +139,16 @@ def _pod_template(
     return {"metadata": {"labels": cluster_labels(name)}, "spec": pod_spec}
 
 
+def _scrape_annotations(spec: VLLMClusterSpec) -> dict[str, str]:
+    """The prometheus.io annotations of the worker pods, which host the engines' API servers: Prometheus
+    configurations that discover pods by annotation scrape vLLM's own metrics from them."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(spec.engine.port),
+        "prometheus.io/path": ENGINE_METRICS_PATH,
+    }
+
+
 def _head_group(spec: VLLMClusterSpec, name: str) -> dict[str, Any]:
     head = spec.ray.head
     container = _container(spec, HEAD_CONTAINER)
@@ -181,6 +193,7 @@ def _worker_group(spec: VLLMClusterSpec, name: str, plan: WorkerPlan) -> dict[st
             volumes,
         ),
     }
+    group["template"]["metadata"]["annotations"] = _scrape_annotations(spec)
     if plan.workers_to_delete:
         group["scaleStrategy"] = {"workersToDelete": list(plan.workers_to_delete)}
     return group
@@ -218,7 +231,10 @@ def build_ray_cluster(
         ray_spec["gcsFaultToleranceOptions"] = gcs
     digest = pod_spec_hash(ray_spec)
     for template in (ray_spec["headGroupSpec"]["template"], ray_spec["workerGroupSpecs"][0]["template"]):
-        template["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: digest}
+        template["metadata"]["annotations"] = {
+            **template["metadata"].get("annotations", {}),
+            SPEC_HASH_ANNOTATION: digest,
+        }
     return {
         "apiVersion": RAY_API_VERSION,
         "kind": RAY_CLUSTER_KIND,
@@ -229,7 +245,8 @@ def build_ray_cluster(
 
 def pod_spec_hash(ray_spec: dict[str, Any]) -> str:
     """The hash of a RayCluster spec as it shapes pods: worker counts and workersToDelete left out (they
-    add or remove pods, they change none), and the hash annotation itself."""
+    add or remove pods, they change none), and the template annotations (the hash itself, and the scrape
+    annotations, which derive from the engine port already hashed)."""
     shaped = copy.deepcopy(ray_spec)
     for group in shaped.get("workerGroupSpecs", []):
         for key in ("replicas", "minReplicas", "maxReplicas", "scaleStrategy"):
