@@ -1,5 +1,6 @@
 """Fixtures shared by the integration and e2e tiers: the real local control plane, a fresh namespace
-per test. Unit tests use none of these and need nothing running."""
+per test. Unit tests use none of these and need nothing running, except the pinned tool binaries (helm,
+Prometheus) some of them run."""
 
 from __future__ import annotations
 
@@ -24,6 +25,21 @@ from tests.support.operator import OperatorProcess, free_port
 # ./.hypothesis unless told otherwise; none of it belongs in the repository. Set before any test module
 # builds a strategy.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "rayvllm-hypothesis")
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> Path:
+    """The pinned Prometheus that hack/build-tools.sh builds; a missing one fails the test, naming the fix."""
+    try:
+        tools = Tools.from_cache()
+    except SystemExit as missing:  # raised for the command-line scripts; a test must fail, not exit
+        pytest.fail(str(missing), pytrace=False)
+    binary = tools.prometheus / "prometheus"
+    if not os.access(binary, os.X_OK):
+        pytest.fail(
+            f"no Prometheus binary at {binary}: run `make tools` (hack/build-tools.sh)", pytrace=False
+        )
+    return binary
 
 
 def _reachable(kube: Kube) -> bool:

@@ -330,3 +330,99 @@ def test_dockerignore_keeps_local_state_out() -> None:
     assert "**/__pycache__" in ignored
     # What the build reads must not be ignored.
     assert not {"operator", "pyproject.toml", "requirements.lock", "README.md"} & ignored
+
+
+# ---- monitoring (opt-in) ---------------------------------------------------------------------------
+
+MONITORING_ON = {
+    "monitoring": {
+        "podMonitors": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}, "interval": "15s"},
+        "prometheusRule": {"enabled": True, "labels": {"role": "alerts"}},
+        "dashboard": {"enabled": True, "labels": {"grafana_dashboard": "1"}, "namespace": "grafana"},
+    }
+}
+PROMETHEUS_OPERATOR_API = ("--api-versions", "monitoring.coreos.com/v1")
+
+
+def test_the_operator_pod_carries_scrape_annotations_that_pod_annotations_override(helm: Helm) -> None:
+    pod = only(helm.template("rayvllm", "rayvllm-system"), "Deployment")["spec"]["template"]
+    assert pod["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9090",
+        "prometheus.io/path": "/metrics",
+    }
+    values = {"podAnnotations": {"prometheus.io/scrape": "false", "team": "ml"}, "metrics": {"port": 9191}}
+    pod = only(helm.template("rayvllm", "rayvllm-system", values), "Deployment")["spec"]["template"]
+    assert pod["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "false",
+        "prometheus.io/port": "9191",
+        "prometheus.io/path": "/metrics",
+        "team": "ml",
+    }
+    values = {"metrics": {"port": 9090, "scrapeAnnotations": False}}
+    pod = only(helm.template("rayvllm", "rayvllm-system", values), "Deployment")["spec"]["template"]
+    assert "annotations" not in pod["metadata"]
+
+
+def test_monitoring_objects_are_off_by_default(helm: Helm) -> None:
+    docs = helm.template("rayvllm", "rayvllm-system", None, *PROMETHEUS_OPERATOR_API)
+    assert sorted({d["kind"] for d in docs}) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "ServiceAccount",
+    ]
+
+
+def test_monitors_and_rules_need_the_prometheus_operator_api(helm: Helm) -> None:
+    """Without monitoring.coreos.com/v1 in the cluster only the dashboard ConfigMap renders: a PodMonitor
+    there would fail the install."""
+    docs = helm.template("rayvllm", "rayvllm-system", MONITORING_ON)
+    assert by_kind(docs, "PodMonitor") == [] and by_kind(docs, "PrometheusRule") == []
+    assert len(by_kind(docs, "ConfigMap")) == 1
+
+
+def test_pod_monitors_select_the_operator_and_the_serving_engines(helm: Helm) -> None:
+    docs = helm.template("rayvllm", "rayvllm-system", MONITORING_ON, *PROMETHEUS_OPERATOR_API)
+    monitors = {d["metadata"]["name"]: d for d in by_kind(docs, "PodMonitor")}
+    assert sorted(monitors) == ["rayvllm-operator", "rayvllm-operator-engines"]
+    operator, engines = monitors["rayvllm-operator"], monitors["rayvllm-operator-engines"]
+    for monitor in (operator, engines):
+        assert monitor["metadata"]["namespace"] == "rayvllm-system"
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    pod_labels = only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    selector = operator["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    assert operator["spec"]["podMetricsEndpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}
+    ]
+    from rayvllm.builders.labels import MANAGED_BY_LABEL, MANAGER, SERVING, SERVING_LABEL
+    from rayvllm.builders.raycluster import ENGINE_METRICS_PATH, ENGINE_PORT_NAME
+
+    assert engines["spec"]["selector"] == {"matchLabels": {MANAGED_BY_LABEL: MANAGER, SERVING_LABEL: SERVING}}
+    assert engines["spec"]["namespaceSelector"] == {"any": True}
+    (endpoint,) = engines["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == (
+        ENGINE_PORT_NAME,
+        ENGINE_METRICS_PATH,
+        "15s",
+    )
+    assert endpoint["relabelings"] == [
+        {"sourceLabels": ["__meta_kubernetes_pod_label_rayvllm_io_cluster"], "targetLabel": "name"}
+    ]
+    namespaced = {**MONITORING_ON, "watch": {"mode": "namespaces", "namespaces": ["a", "b"]}}
+    docs = helm.template("rayvllm", "rayvllm-system", namespaced, *PROMETHEUS_OPERATOR_API)
+    engines = next(d for d in by_kind(docs, "PodMonitor") if d["metadata"]["name"].endswith("-engines"))
+    assert engines["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
+
+
+def test_the_prometheus_rule_and_the_dashboard_configmap_carry_the_chart_files(helm: Helm) -> None:
+    docs = helm.template("rayvllm", "rayvllm-system", MONITORING_ON, *PROMETHEUS_OPERATOR_API)
+    rule = only(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["role"] == "alerts"
+    assert rule["spec"] == yaml.safe_load((CHART / "rules" / "rayvllm.rules.yaml").read_text())
+    configmap = only(docs, "ConfigMap")
+    assert configmap["metadata"]["namespace"] == "grafana"
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = (CHART / "dashboards" / "rayvllm.json").read_text()
+    assert json.loads(configmap["data"]["rayvllm.json"]) == json.loads(dashboard)

@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.support.prometheus import DASHBOARD, RULES, dashboard_targets, dashboard_variables
+
 from .test_docs import DOCS, backticked, defined_metrics, table_rows
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "helm" / "rayvllm-operator"
-DASHBOARD = CHART / "dashboards" / "rayvllm.json"
-RULES = CHART / "rules" / "rayvllm.rules.yaml"
-
 # PromQL words that are not metric names when they stand alone (functions are recognised by their "(").
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+}
 FALLBACKS = re.compile(r"\bor\s+vector\s*\(|\babsent(_over_time)?\s*\(|\bor\s+on\s*\(\s*\)\s*vector")
 
 
@@ -40,19 +47,11 @@ def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def dashboard_queries() -> list[str]:
-    """Every PromQL expression of the dashboard's panels, as written (with Grafana variables)."""
-    return [target["expr"] for panel in panels(dashboard()) for target in panel["targets"]]
+    return [expr for _, expr in dashboard_targets()]
 
 
 def variable_selectors() -> list[str]:
-    """The series selectors of the dashboard's label_values(...) variables."""
-    selectors = []
-    for variable in dashboard()["templating"]["list"]:
-        if variable["type"] == "query":
-            match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", variable["query"]["query"])
-            assert match, f"variable {variable['name']}: not a label_values(selector, label) query"
-            selectors.append(match.group(1))
-    return selectors
+    return [selector for _, selector in dashboard_variables()]
 
 
 def alert_rules() -> list[dict[str, Any]]:

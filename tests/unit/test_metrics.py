@@ -10,8 +10,8 @@ from prometheus_client import REGISTRY
 from rayvllm import metrics
 
 
-def sample(name: str, **labels: str) -> float | None:
-    return REGISTRY.get_sample_value(name, labels)
+def sample(metric: str, /, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(metric, labels)
 
 
 def status(**changes: Any) -> dict[str, Any]:
