@@ -142,7 +142,12 @@ def test_dashboard_queries_and_alert_rules_on_a_real_prometheus(
         assert {r["name"] for r in loaded} == {r["alert"] for g in rules["groups"] for r in g["rules"]}, (
             loaded
         )
-        assert [a for a in prometheus.alerts() if a["labels"].get("namespace") == namespace] == []
+        # Reconcile errors while the object came up (a conflict, a Ray dashboard not answering yet) may
+        # still be in the rule's 5-minute rate; nothing else may be active for a serving VLLMCluster.
+        active = {
+            a["labels"]["alertname"] for a in prometheus.alerts() if a["labels"].get("namespace") == namespace
+        }
+        assert active <= {"RayvllmReconcileErrors"}, active
 
         # 4. The fault: two engines asked for, one ready. RayvllmEnginesNotReady fires; scaling back resolves it.
         kube.kubectl("scale", f"vllm/{name}", "-n", namespace, "--replicas=2")
