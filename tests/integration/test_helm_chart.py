@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.support.kube import Kube
 from tests.support.operator_identity import CHART, Helm, can_i, grant_operator_identity
@@ -288,6 +289,40 @@ def test_same_release_name_installs_side_by_side(
         timeout=90,
         what="both releases to be removed",
     )
+
+
+def test_monitoring_objects_follow_the_apis_the_cluster_has(kube: Kube, helm: Helm, namespace: str) -> None:
+    """Against the real API server, which has no Prometheus Operator: with every monitoring value on, the
+    chart leaves out the PodMonitors and the PrometheusRule (the API server would refuse them) and keeps the
+    dashboard ConfigMap (`--validate` renders with the API server's own list of APIs)."""
+    assert kube.get_json("crd", "podmonitors.monitoring.coreos.com") is None
+    flags = [
+        "--set",
+        "monitoring.podMonitors.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.dashboard.enabled=true",
+    ]
+    rendered = helm.run("template", "rv", str(CHART), "--namespace", namespace, "--validate", *flags)
+    kinds = sorted({doc["kind"] for doc in yaml.safe_load_all(rendered.stdout) if doc})
+    assert "ConfigMap" in kinds and "Deployment" in kinds, kinds
+    assert "PodMonitor" not in kinds and "PrometheusRule" not in kinds, kinds
+    # Rendered offline as if the API existed, the PodMonitors are what this API server refuses.
+    offline = helm.run(
+        "template",
+        "rv",
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--api-versions",
+        "monitoring.coreos.com/v1",
+        "--show-only",
+        "templates/podmonitors.yaml",
+        *flags,
+    )
+    refused = kube.kubectl("apply", "--dry-run=server", "-f", "-", stdin=offline.stdout, check=False)
+    assert refused.returncode != 0 and "PodMonitor" in refused.stderr, refused.stderr
 
 
 # ---- (e) RBAC as the chart's ServiceAccount --------------------------------------------------------
