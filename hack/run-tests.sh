@@ -20,7 +20,7 @@ peak_file=$(mktemp)
     if [ "$used" -gt "$peak" ]; then peak=$used; echo "$peak" >"$peak_file"; fi
   done ) &
 sampler=$!
-.venv/bin/pytest tests -q "$@" || status=$?
+.venv/bin/pytest -q "${@:-tests}" || status=$?  # arguments narrow the run (default: every tier)
 kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
 echo "[run-tests] peak memory in use on the machine during the tests: $(cat "$peak_file") MiB"
 rm -f "$peak_file"

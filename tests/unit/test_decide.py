@@ -50,6 +50,7 @@ from rayvllm.identity import ClusterRef
 from rayvllm.models import EngineStatus, VLLMClusterSpec
 from rayvllm.models.rayapi import ClusterResources, JobInfo, RayNode
 from rayvllm.placement import ENGINE_SLOT_RESOURCE
+from rayvllm.reasons import EventReason
 from rayvllm.settings import Settings
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -545,7 +546,8 @@ def test_failed_record_keeps_the_reason_and_the_log_tail_without_secrets() -> No
 
 
 def test_events_say_what_happened_in_the_words_of_before() -> None:
-    """Alerts and the e2e tier match on these reasons; people read the messages."""
+    """Alerts and the e2e tier match on these reasons; people read the messages. The reasons are spelled
+    out as the words themselves: EventReason(word) fails for a word the operator no longer posts."""
     restart = decide(submitted(), job("FAILED"), None, CTX, may_submit=True, slot_free=True)
     give_up = decide(submitted(attempt=3), job("FAILED"), None, CTX, may_submit=True, slot_free=True)
     ready = decide(submitted(), job("RUNNING"), READY, CTX, may_submit=True, slot_free=True)
@@ -553,27 +555,35 @@ def test_events_say_what_happened_in_the_words_of_before() -> None:
     drain = decide(serving(index=2), None, None, CTX, may_submit=True, slot_free=True)
     recreate = decide(serving(config_hash="old"), None, None, CTX, may_submit=True, slot_free=True)
     assert isinstance(restart, Restart) and restart.events == (
-        Event("Warning", "EngineRestarting", "engine 0: Ray job FAILED; restart 1/3 in 10s"),
+        Event("Warning", EventReason("EngineRestarting"), "engine 0: Ray job FAILED; restart 1/3 in 10s"),
     )
     assert isinstance(give_up, GiveUp) and give_up.events == (
         Event(
             "Warning",
-            "EngineFailed",
+            EventReason("EngineFailed"),
             "engine 0: Ray job FAILED; restartPolicy.maxRestarts (3) spent, giving up",
         ),
     )
     assert isinstance(ready, MarkReady) and ready.events == (
-        Event("Normal", "EngineReady", f"engine 0: ready at http://{POD_IP}:8000/v1"),
+        Event("Normal", EventReason("EngineReady"), f"engine 0: ready at http://{POD_IP}:8000/v1"),
     )
     assert isinstance(submit, Submit) and submit.event == Event(
-        "Normal", "EngineSubmitted", f"engine 0: submitted Ray job {sid(0, 0)} (attempt 0)"
+        "Normal", EventReason("EngineSubmitted"), f"engine 0: submitted Ray job {sid(0, 0)} (attempt 0)"
     )
     assert isinstance(drain, Drain) and drain.events == (
-        Event("Normal", "EngineDraining", "engine 2: scaled down; out of the Service, stopping in 5s"),
+        Event(
+            "Normal",
+            EventReason("EngineDraining"),
+            "engine 2: scaled down; out of the Service, stopping in 5s",
+        ),
     )
     assert isinstance(recreate, Retire) and recreate.events == (
-        Event("Normal", "EngineStopped", f"engine 0: stopped Ray job {sid(0, 0)} ({RETIRED_RECREATED})"),
-        Event("Normal", "EngineRecreating", "engine 0: settings changed, starting a new engine"),
+        Event(
+            "Normal",
+            EventReason("EngineStopped"),
+            f"engine 0: stopped Ray job {sid(0, 0)} ({RETIRED_RECREATED})",
+        ),
+        Event("Normal", EventReason("EngineRecreating"), "engine 0: settings changed, starting a new engine"),
     )
     # A second pass of a drain, and the retirement of an engine that has no job, say nothing.
     again = decide(serving(index=2, draining_since=NOW), None, None, CTX, may_submit=True, slot_free=True)

@@ -277,7 +277,8 @@ def test_last_transition_time_moves_only_on_status_change() -> None:
         _observe(ray_cluster=_ray_cluster(), engines=(_engine(0), _engine(1)), previous=second),
         later + timedelta(minutes=1),
     )
-    assert third.condition(ConditionType.READY).last_transition_time == later + timedelta(minutes=1)  # type: ignore[union-attr]
+    third_ready = third.condition(ConditionType.READY)
+    assert third_ready is not None and third_ready.last_transition_time == later + timedelta(minutes=1)
 
 
 def test_recomputing_an_unchanged_world_is_a_no_op() -> None:
@@ -318,11 +319,13 @@ def test_observed_pods_outrank_kuberays_stale_observed_generation() -> None:
     # workersToDelete entry): with the pods observed, their spec hash decides, not that counter.
     stale = _ray_cluster(generation=5, seen=3)
     ready = compute_status(_observe(ray_cluster=stale, pods=PodCounts(head_ready=True, ready_workers=2)), T0)
-    assert ready.condition(ConditionType.RAY_CLUSTER_READY).status == "True"
+    ray_cluster_ready = ready.condition(ConditionType.RAY_CLUSTER_READY)
+    assert ray_cluster_ready is not None and ray_cluster_ready.status == "True"
     replacing = compute_status(
         _observe(ray_cluster=stale, pods=PodCounts(head_ready=True, ready_workers=2, outdated=1)), T0
     )
     condition = replacing.condition(ConditionType.RAY_CLUSTER_READY)
+    assert condition is not None
     assert (condition.status, condition.reason) == ("False", Reason.RAY_CLUSTER_UPDATING)
     assert "older spec" in condition.message
 
@@ -455,7 +458,8 @@ def test_the_message_says_which_engines_are_not_ready_and_since_when(
     status = compute_status(_observe(ray_cluster=_ray_cluster(), engines=engines), T0)
     assert status.phase is Phase.LAUNCHING
     assert status.message == message
-    assert status.condition(ConditionType.ENGINES_READY).message == message  # type: ignore[union-attr]
+    engines_ready = status.condition(ConditionType.ENGINES_READY)
+    assert engines_ready is not None and engines_ready.message == message
 
 
 def test_a_restarting_engine_says_when_it_restarts() -> None:

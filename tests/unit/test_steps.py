@@ -53,10 +53,10 @@ SPEC = parse_spec(
 
 def stored(manifest: dict[str, Any], **defaults: Any) -> dict[str, Any]:
     """The object as the API server would hand it back: a JSON round trip, server-set metadata, defaults."""
-    obj = json.loads(json.dumps(manifest))
+    obj: dict[str, Any] = json.loads(json.dumps(manifest))
     obj["metadata"].update(uid="u-1", resourceVersion="42", generation=1, managedFields=[{"manager": "x"}])
     for path, value in defaults.items():
-        node = obj
+        node: Any = obj
         *parents, leaf = path.split(".")
         for part in parents:
             node = node[int(part)] if isinstance(node, list) else node[part]

@@ -126,6 +126,14 @@ SHARDS = "Loading safetensors checkpoint shards:  50% Completed | 1/2 [00:01<00:
             "(RayWorkerWrapper pid=4242) INFO 03-01 [worker.py:12] Memory profiling done",
         ),
         ("\x1b[1;33mWARNING\x1b[0m no GPU found\n", "WARNING no GPU found"),
+        # An indented line continues the one above it (the source line Python's warnings module echoes, a
+        # traceback frame): the line it belongs to says more.
+        (
+            f"{VLLM_LINE}\n/venv/vllm/utils.py:12: FutureWarning: lookup is deprecated\n"
+            '  wrapper = lookup(vars(value).get("kernel"))\n',
+            "/venv/vllm/utils.py:12: FutureWarning: lookup is deprecated",
+        ),
+        ('Traceback (most recent call last):\n  File "x.py", line 1\n', "Traceback (most recent call last):"),
         # Never a Secret value, whether held by the operator or only shaped like a token.
         (f"INFO using api key {API_KEY}\n", "INFO using api key <redacted>"),
         ("INFO HF_TOKEN=hf_abcdefghijklmnop\n", "INFO HF_TOKEN=<redacted>"),

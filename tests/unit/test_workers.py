@@ -67,7 +67,7 @@ def test_the_plan_reaches_the_worker_group() -> None:
 
 
 def _spec_hash(built: dict[str, Any]) -> str:
-    annotations = {
+    annotations: set[str] = {
         g["template"]["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
         for g in (built["spec"]["headGroupSpec"], *built["spec"]["workerGroupSpecs"])
     }

@@ -65,9 +65,14 @@ def last_log_line(logs: str | None, secrets: Collection[str] = ()) -> str | None
     """The last meaningful line of a log, redacted, then cut to LOG_LINE_LIMIT characters (its start kept:
     vLLM's level, time and source file come first). str.splitlines also splits at the carriage returns
     tqdm redraws its bar with, so each redraw counts as a line and only the latest one is seen. Redacting
-    before cutting: a Secret value cut in two would no longer match. None when no line is meaningful."""
-    for line in reversed((logs or "").splitlines()):
-        line = _ANSI.sub("", line).strip()
+    before cutting: a Secret value cut in two would no longer match. An indented line continues the one
+    above it (the source line Python's warnings module echoes, a traceback frame), which says more, so it
+    is passed over. None when no line is meaningful."""
+    for raw in reversed((logs or "").splitlines()):
+        line = _ANSI.sub("", raw)
+        if line[:1].isspace():
+            continue
+        line = line.strip()
         if meaningful(line):
             line = redact(line, secrets)
             if len(line) > LOG_LINE_LIMIT:

@@ -155,8 +155,9 @@ class EngineStatus(StatusModel):
         None,
         max_length=256,
         description=(
-            "While loading: the last meaningful line of the engine's Ray job log (blank lines and bare "
-            "progress bars skipped), Secret values and token shapes redacted, cut to 200 characters. "
+            "While loading: the last meaningful line of the engine's Ray job log (blank lines, indented "
+            "continuations and bare progress bars skipped), Secret values and token shapes redacted, cut to "
+            "200 characters. "
             "Read at most every 30 s; cleared once the engine is ready or the attempt ends."
         ),
     )
