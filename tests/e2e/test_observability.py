@@ -33,7 +33,7 @@ from tests.support.wait import wait_for
 pytestmark = pytest.mark.e2e
 
 ALERT_FOR = "4s"  # every rule's `for:`, shortened; expressions stay as shipped
-RATE_INTERVAL = "1m"  # Grafana's $__rate_interval, at the 2 s scrape interval
+RATE_INTERVAL = "1m"  # Grafana's $__rate_interval: several samples at the 5 s scrape interval
 
 
 def alert_states(prometheus: Prometheus, alertname: str, namespace: str, name: str) -> set[str]:
