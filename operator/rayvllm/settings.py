@@ -39,6 +39,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Ray dashboard and engine HTTP calls in flight at once, across every VLLMCluster.",
     )
+    kube_connections: int = Field(
+        16,
+        ge=1,
+        description=(
+            "Connections to the Kubernetes API server the operator's client keeps at most (kopf's watches "
+            "have their own). Each costs a TLS read buffer of 256 KiB; calls beyond it wait their turn."
+        ),
+    )
     resync_jitter: float = Field(
         0.2,
         ge=0,

@@ -44,7 +44,7 @@ def worker_pod(name: str) -> dict[str, Any]:
 
 def relabel(kube: Kube, namespace: str, engines: list[EngineStatus]) -> None:
     async def run() -> None:
-        async with connect(str(kube.kubeconfig)) as api:
+        async with connect(4, str(kube.kubeconfig)) as api:
             k8s = Kubernetes(api, "rayvllm")
             pods = [pod_view(p) for p in kube.get_json("pods", "-n", namespace)["items"]]
             await label_serving_pods(k8s, namespace, pods, engines, "rayvllm-serving")

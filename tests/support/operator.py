@@ -28,7 +28,10 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log_path: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, kubeconfig: Path, log_path: Path, env: Mapping[str, str] | None = None, kopf: Path = KOPF
+    ) -> None:
+        self.kopf = kopf
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.env = dict(env or {})
@@ -47,7 +50,7 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
-                str(KOPF),
+                str(self.kopf),
                 "run",
                 "-m",
                 "rayvllm.handlers",

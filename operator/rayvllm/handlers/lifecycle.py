@@ -38,8 +38,8 @@ async def configure(
     if memo.settings.metrics_port is not None:
         metrics.serve(memo.settings.metrics_port, memo.settings.metrics_host)
     memo.exit_stack = AsyncExitStack()
-    api = await memo.exit_stack.enter_async_context(connect())
     s = memo.settings
+    api = await memo.exit_stack.enter_async_context(connect(s.kube_connections))
     http = await memo.exit_stack.enter_async_context(
         shared_client(s.http_timeout_seconds, s.probe_concurrency)
     )

@@ -34,10 +34,13 @@ _PERMANENT = frozenset({400, 401, 403, 405, 413, 415, 422})
 
 
 @asynccontextmanager
-async def connect(kubeconfig: str | None = None) -> AsyncIterator[client.ApiClient]:
+async def connect(max_connections: int, kubeconfig: str | None = None) -> AsyncIterator[client.ApiClient]:
     """An ApiClient configured in-cluster when possible, else from `kubeconfig` (default: the client's own
-    choice, KUBECONFIG as it was when the library was imported, or ~/.kube/config)."""
+    choice, KUBECONFIG as it was when the library was imported, or ~/.kube/config), keeping at most
+    `max_connections` connections (the library's default is 100, each with a 256 KiB TLS read buffer, all
+    opened in a burst of 1000 new objects)."""
     configuration = client.Configuration()
+    configuration.connection_pool_maxsize = max_connections
     try:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except ConfigException:
