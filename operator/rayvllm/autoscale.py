@@ -92,10 +92,9 @@ def decide_scale(
     spec: AutoscalingSpec, replicas: int, signals: Signals, windows: Windows, now: datetime
 ) -> ScaleDecision:
     closed = Windows(replicas=replicas)
-    if replicas < spec.min_replicas:
-        return _step(replicas, spec.min_replicas, f"spec.replicas {replicas} is below minReplicas", closed)
-    if replicas > spec.max_replicas:
-        return _step(replicas, spec.max_replicas, f"spec.replicas {replicas} is above maxReplicas", closed)
+    out_of_bounds = bring_within_bounds(spec, replicas)
+    if out_of_bounds is not None:
+        return out_of_bounds
     if signals.settling is not None:
         return ScaleDecision(None, closed, f"waiting: {signals.settling}")
     if not signals.loads:
@@ -137,6 +136,19 @@ def decide_scale(
         detail = f"{measured}; {over_fewer}: below for {held:.0f}s of {window}s"
         return ScaleDecision(None, opened, detail, None, window - held)
     return ScaleDecision(None, closed, f"{measured}: steady")
+
+
+def bring_within_bounds(spec: AutoscalingSpec, replicas: int) -> ScaleDecision | None:
+    """A spec.replicas outside [minReplicas, maxReplicas] (a `kubectl scale`, or bounds just edited) goes to
+    the nearest bound at once, whatever the load; None when it is within them."""
+    closed = Windows(replicas=replicas)
+    if replicas < spec.min_replicas:
+        why = f"spec.replicas {replicas} is below minReplicas (spec.autoscaling owns spec.replicas)"
+        return _step(replicas, spec.min_replicas, why, closed)
+    if replicas > spec.max_replicas:
+        why = f"spec.replicas {replicas} is above maxReplicas (spec.autoscaling owns spec.replicas)"
+        return _step(replicas, spec.max_replicas, why, closed)
+    return None
 
 
 def _step(current: int, wanted: int, why: str, windows: Windows) -> ScaleDecision:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from rayvllm.autoscale import Signals, Windows, decide_scale, signals_of
+from rayvllm.autoscale import ScaleDecision, Signals, Windows, bring_within_bounds, decide_scale, signals_of
 from rayvllm.builders import RAY_AUTH_TOKEN_KEY, build_ray_cluster, build_service, ray_auth_secret_name
 from rayvllm.builders.labels import SERVING, SERVING_LABEL
 from rayvllm.builders.raycluster import pod_spec_hash
@@ -173,6 +173,38 @@ async def validate(p: Pass, _: Clients) -> None:
         p.done = True
     else:
         p.spec = parsed
+
+
+async def bound_replicas(p: Pass, io: Clients) -> None:
+    """With spec.autoscaling, a spec.replicas outside its bounds is brought back before anything is sized
+    from it: a `kubectl scale --replicas=50` must not ask KubeRay for 50 worker pods for one pass. The rest
+    of this pass runs with the bounded value (the write wakes the next pass with it anyway)."""
+    spec = p.spec
+    assert spec is not None
+    if spec.autoscaling is None or spec.suspend:
+        return
+    decision = bring_within_bounds(spec.autoscaling, spec.replicas)
+    if decision is None or decision.replicas is None:
+        return
+    if not await _write_replicas(p, io, spec.replicas, decision):
+        # Nothing of this pass is done yet: run it again shortly, from what they wrote.
+        raise TransientError("spec.replicas changed under the autoscaler", retry_after=1.0)
+    p.spec = spec.model_copy(update={"replicas": decision.replicas})
+    p.memory.scale_windows = decision.windows
+
+
+async def _write_replicas(p: Pass, io: Clients, expected: int, decision: ScaleDecision) -> bool:
+    """Writes the decision's spec.replicas (only if it is still `expected`) and posts its Event; False when
+    refused (someone changed spec.replicas since this pass read it): the decision is dropped, and the next
+    pass decides again from what they wrote."""
+    assert decision.replicas is not None and decision.event is not None
+    refused = await io.kube.set_replicas(p.ref.namespace, p.ref.name, expected, decision.replicas)
+    if refused is not None:
+        log.info("%s: autoscaling did not write spec.replicas: %s", p.ref, refused)
+        return False
+    p.outcome.writes += 1
+    p.outcome.events.append(decision.event)
+    return True
 
 
 async def read_secrets(p: Pass, io: Clients) -> None:
@@ -397,15 +429,10 @@ async def autoscale(p: Pass, io: Clients) -> None:
     if wait is not None and wait < p.settings.resync_seconds:
         # A window ending before the next resync is looked at when it ends, not up to a resync later.
         p.outcome.requeue_after = min(wait, p.outcome.requeue_after or wait)
-    if decision.replicas is None or decision.event is None:
+    if decision.replicas is None:
         log.debug("%s: autoscaling holds: %s", p.ref, decision.detail)
         return
-    refused = await io.kube.set_replicas(p.ref.namespace, p.ref.name, spec.replicas, decision.replicas)
-    if refused is not None:
-        log.info("%s: autoscaling did not write spec.replicas: %s", p.ref, refused)
-        return
-    p.outcome.writes += 1
-    p.outcome.events.append(decision.event)
+    await _write_replicas(p, io, spec.replicas, decision)
 
 
 async def write_status(p: Pass, io: Clients) -> None:
@@ -458,6 +485,7 @@ async def write_status(p: Pass, io: Clients) -> None:
 
 STEPS: tuple[Step, ...] = (
     validate,
+    bound_replicas,
     read_secrets,
     apply_ray_cluster,
     apply_service,
