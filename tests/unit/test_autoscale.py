@@ -138,9 +138,11 @@ def test_an_open_window_asks_to_look_again_when_it_ends() -> None:
 
 
 def test_a_ramp_takes_one_step_up_then_one_step_down() -> None:
-    """Passes every 2 s: 3 requests in flight for 60 s (above the target on one engine, not on two), then none. One step up once the window passed, none while the
-    new engine loads (settling), none back while the load lasts, one step down after the delay."""
-    replicas, windows, steps = 1, Windows(), []
+    """Passes every 2 s: 3 requests in flight for 60 s (above the target on one engine, not on two), then
+    none. One step up once the window passed, none while the new engine loads (10 s, settling), none back
+    while the load lasts, one step down after the delay."""
+    replicas, windows = 1, Windows()
+    steps: list[tuple[int, int]] = []
     for tick in range(0, 200, 2):
         loading = replicas == 2 and tick < steps[0][0] + 10 if steps else False
         load = 3.0 if tick < 60 else 0.0
