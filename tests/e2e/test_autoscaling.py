@@ -6,7 +6,8 @@ engine's load time to serve), holds at 2 while the load lasts (no flap, no step 
 back to 1 once the load stopped and the delay passed: exactly one ScaledUp and one ScaledDown Event, whose
 messages carry the signal values. At rest before the load, autoscaling costs the API server no writes.
 
-Run alone: `.venv/bin/pytest tests/e2e/test_autoscaling.py -m e2e` (needs the cluster of `make cluster-up`).
+Run alone: `bash hack/run-tests.sh tests/e2e/test_autoscaling.py` (starts and stops the local cluster), or
+with the cluster of `make cluster-up` and its KUBECONFIG exported: `.venv/bin/pytest tests/e2e/test_autoscaling.py`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class Ramp:
     model: str
     workers: int = 4
     stagger: float = 1.0
-    max_tokens: int = 32
+    max_tokens: int = 16
     limit: int = 20000
     sent: int = 0
     answered: int = 0
