@@ -1,17 +1,27 @@
 """The autoscaler's decision as a table: (spec.replicas, signals, remembered windows, now) -> the next
-spec.replicas, the Event and the windows to remember. And the signals read from the engines' records."""
+spec.replicas, the Event and the windows to remember; the signals read from the engines' records; and the two
+reconcile steps around it (with a recording stand-in for the one Kubernetes call, as test_steps does: the
+real write is tested in tests/integration/test_autoscaling_bounds.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
 from rayvllm.autoscale import ScaleDecision, Signals, Windows, decide_scale, signals_of
+from rayvllm.errors import TransientError
+from rayvllm.identity import ClusterRef
+from rayvllm.models import parse_spec
 from rayvllm.models.spec import AutoscalingSpec
 from rayvllm.models.status import EngineStatus
 from rayvllm.reasons import EventReason
+from rayvllm.reconcile import Children, Clients, Memory, Pass, autoscale, bound_replicas
+from rayvllm.settings import Settings
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 UP, DOWN = 20, 60  # scaleUpStabilizationSeconds, scaleDownDelaySeconds
@@ -175,3 +185,92 @@ def test_signals_say_when_a_step_has_not_settled() -> None:
     assert signals_of(leaving, {0: 1.0, 1: 0.0}, replicas=1).settling == "engine(s) 1 still leaving"
     assert signals_of([engine(0, **READY)], {0: 1.0}, replicas=2).settling == "1 engine(s) not created yet"
     assert signals_of([engine(0, **READY)], {0: 1.0}, replicas=1) == Signals((1.0,))
+
+
+# ---- the reconcile steps around the decision --------------------------------------------------------
+
+
+class _ReplicasKube:
+    """Records the writes of spec.replicas; refuses them (as the API server does when its `test` fails) while
+    `refuse` is set."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        self.refuse = refuse
+        self.writes: list[tuple[int, int]] = []
+
+    async def set_replicas(self, namespace: str, name: str, expected: int, replicas: int) -> str | None:
+        if self.refuse is None:
+            self.writes.append((expected, replicas))
+        return self.refuse
+
+
+AUTOSCALED = {
+    "minReplicas": 1,
+    "maxReplicas": 2,
+    "targetRequestsPerReplica": 2,
+    "scaleUpStabilizationSeconds": UP,
+}
+BODY = {"metadata": {"namespace": "team", "name": "llama", "uid": "uid-1", "generation": 1}}
+
+
+def a_pass(memory: Memory, now: float, replicas: int, **spec: Any) -> Pass:
+    parsed = parse_spec(
+        {"model": {"source": "hf://org/m"}, "ray": {"image": "img"}, "replicas": replicas, **spec}
+    )
+    return Pass(ClusterRef.of(BODY), BODY, Settings(), at(now), Children(), memory, None, spec=parsed)
+
+
+def test_a_replicas_past_a_bound_is_written_back_and_the_pass_goes_on_with_it() -> None:
+    kube = _ReplicasKube()
+    p = a_pass(Memory(), 0, replicas=5, autoscaling=AUTOSCALED)
+    asyncio.run(bound_replicas(p, cast(Clients, SimpleNamespace(kube=kube))))
+    assert kube.writes == [(5, 2)]
+    assert p.spec is not None and p.spec.replicas == 2 and p.outcome.writes == 1
+    assert [(e.reason, e.message) for e in p.outcome.events] == [
+        (
+            EventReason.SCALED_DOWN,
+            "replicas 5 -> 2: spec.replicas 5 is above maxReplicas (spec.autoscaling owns spec.replicas)",
+        )
+    ]
+
+
+def test_a_refused_bound_write_runs_the_pass_again_from_what_was_written() -> None:
+    p = a_pass(Memory(), 0, replicas=5, autoscaling=AUTOSCALED)
+    with pytest.raises(TransientError):
+        asyncio.run(bound_replicas(p, cast(Clients, SimpleNamespace(kube=_ReplicasKube(refuse="HTTP 422")))))
+    assert p.spec is not None and p.spec.replicas == 5 and p.outcome.events == []
+
+
+def test_the_step_writes_only_when_the_decision_takes_a_step() -> None:
+    kube, memory = _ReplicasKube(), Memory()
+    io = cast(Clients, SimpleNamespace(kube=kube))
+    ready = [EngineStatus(index=0, submission_id="s0", job_status="RUNNING", ready=True)]
+    passes = []
+    for now, load in ((0, 5.0), (UP / 2, 5.0), (UP, 5.0)):
+        p = a_pass(memory, now, replicas=1, autoscaling=AUTOSCALED)
+        p.engines, p.loads = list(ready), {0: load}
+        asyncio.run(autoscale(p, io))
+        passes.append((p.outcome.writes, [e.reason for e in p.outcome.events]))
+    assert passes == [(0, []), (0, []), (1, [EventReason.SCALED_UP])]
+    assert kube.writes == [(1, 2)]
+    # At rest, not observed, or without autoscaling: nothing is written.
+    quiet: list[tuple[dict[int, float | None] | None, dict[str, Any]]] = [
+        ({0: 0.0}, {"autoscaling": AUTOSCALED}),
+        (None, {"autoscaling": AUTOSCALED}),
+        ({0: 9.0}, {}),
+    ]
+    for loads, spec in quiet:
+        p = a_pass(memory, UP * 10, replicas=1, **spec)
+        p.engines, p.loads = list(ready), loads
+        asyncio.run(autoscale(p, io))
+        assert p.outcome.writes == 0 and p.outcome.events == []
+    assert kube.writes == [(1, 2)] and memory.scale_windows == Windows()
+
+
+def test_a_refused_step_is_dropped_without_an_event() -> None:
+    memory = Memory(scale_windows=above(0, 1))
+    p = a_pass(memory, UP, replicas=1, autoscaling=AUTOSCALED)
+    p.engines = [EngineStatus(index=0, submission_id="s0", job_status="RUNNING", ready=True)]
+    p.loads = {0: 5.0}
+    asyncio.run(autoscale(p, cast(Clients, SimpleNamespace(kube=_ReplicasKube(refuse="HTTP 422")))))
+    assert p.outcome.writes == 0 and p.outcome.events == []
