@@ -37,7 +37,7 @@ class Reason(StrEnum):
 
 
 class EventReason(StrEnum):
-    """Reasons of Events about engines and deletion (phase changes post the phase's name)."""
+    """Reasons of Events about engines, autoscaling and deletion (phase changes post the phase's name)."""
 
     ENGINE_SUBMITTED = "EngineSubmitted"
     ENGINE_READY = "EngineReady"
@@ -46,6 +46,8 @@ class EventReason(StrEnum):
     ENGINE_STOPPED = "EngineStopped"
     ENGINE_DRAINING = "EngineDraining"
     ENGINE_RECREATING = "EngineRecreating"
+    SCALED_UP = "ScaledUp"
+    SCALED_DOWN = "ScaledDown"
     DELETING = "Deleting"
     ENGINES_STOPPED = "EnginesStopped"
     ENGINES_NOT_STOPPED = "EnginesNotStopped"

@@ -1,6 +1,6 @@
 """One pass over a VLLMCluster, as named steps run in order (after KubeRay's reconcileFuncs):
 
-    validate -> secrets -> RayCluster -> Service -> engines -> serving labels -> status
+    validate -> secrets -> RayCluster -> Service -> engines -> serving labels -> autoscale -> status
 
 The world comes from the watches (handlers pass what kopf's indexes hold as `Children`); a step writes only
 when what it would write differs from what it observed, so a pass over a settled object sends the API server
@@ -11,11 +11,13 @@ I/O goes through k8s/, all Ray I/O through ray/, engine probes through engine.he
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
+from rayvllm.autoscale import ScaleDecision, Signals, Windows, bring_within_bounds, decide_scale, signals_of
 from rayvllm.builders import RAY_AUTH_TOKEN_KEY, build_ray_cluster, build_service, ray_auth_secret_name
 from rayvllm.builders.labels import SERVING, SERVING_LABEL
 from rayvllm.builders.raycluster import pod_spec_hash
@@ -59,6 +61,7 @@ from rayvllm.usage import summarize
 from rayvllm.workers import plan_workers
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # How long our own write may be missing from the watch before the watch is believed again.
 WATCH_LAG_SECONDS = 10.0
 
@@ -89,6 +92,10 @@ class Memory:
     """Results of pure computations by their inputs: a settled object's pass recomputes nothing."""
     status_written_at: datetime | None = None
     """When this operator last wrote the object's status."""
+    scale_windows: Windows = field(default_factory=Windows)
+    """The autoscaler's open window. In memory only: after an operator restart a window starts again, which
+    only delays a step (never adds one), and keeping it in status would cost a write at every threshold
+    crossing of a load that hovers around the target."""
 
     def derive(self, name: str, key: Hashable, compute: Callable[[], T]) -> T:
         """`compute()`, or its last result if `key` (everything it depends on) is unchanged."""
@@ -140,6 +147,8 @@ class Pass:
     dashboard_url: str | None = None
     ray_resources: RayResourcesStatus | None = None
     """Read this pass (None: not read; status keeps what it last showed)."""
+    loads: dict[int, float | None] | None = None
+    """The ready engines' requests in flight, as supervision read them (None: the engines were not observed)."""
     outcome: Outcome = field(default_factory=lambda: Outcome(status=None))
     done: bool = False
     """Set by a step after which only the status step runs (an invalid spec)."""
@@ -164,6 +173,38 @@ async def validate(p: Pass, _: Clients) -> None:
         p.done = True
     else:
         p.spec = parsed
+
+
+async def bound_replicas(p: Pass, io: Clients) -> None:
+    """With spec.autoscaling, a spec.replicas outside its bounds is brought back before anything is sized
+    from it: a `kubectl scale --replicas=50` must not ask KubeRay for 50 worker pods for one pass. The rest
+    of this pass runs with the bounded value (the write wakes the next pass with it anyway)."""
+    spec = p.spec
+    assert spec is not None
+    if spec.autoscaling is None or spec.suspend:
+        return
+    decision = bring_within_bounds(spec.autoscaling, spec.replicas)
+    if decision is None or decision.replicas is None:
+        return
+    if not await _write_replicas(p, io, spec.replicas, decision):
+        # Nothing of this pass is done yet: run it again shortly, from what they wrote.
+        raise TransientError("spec.replicas changed under the autoscaler", retry_after=1.0)
+    p.spec = spec.model_copy(update={"replicas": decision.replicas})
+    p.memory.scale_windows = decision.windows
+
+
+async def _write_replicas(p: Pass, io: Clients, expected: int, decision: ScaleDecision) -> bool:
+    """Writes the decision's spec.replicas (only if it is still `expected`) and posts its Event; False when
+    refused (someone changed spec.replicas since this pass read it): the decision is dropped, and the next
+    pass decides again from what they wrote."""
+    assert decision.replicas is not None and decision.event is not None
+    refused = await io.kube.set_replicas(p.ref.namespace, p.ref.name, expected, decision.replicas)
+    if refused is not None:
+        log.info("%s: autoscaling did not write spec.replicas: %s", p.ref, refused)
+        return False
+    p.outcome.writes += 1
+    p.outcome.events.append(decision.event)
+    return True
 
 
 async def read_secrets(p: Pass, io: Clients) -> None:
@@ -345,6 +386,7 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
     p.memory.dashboard_failures = 0
     p.ray_resources = None if result.resources is None else summarize(result.resources)
     p.engines = result.engines
+    p.loads = result.loads
     p.outcome.events += result.events
     p.outcome.requeue_after = result.requeue_after
 
@@ -365,6 +407,32 @@ async def label_serving_pods(
     for pod, wanted in sorted(changes.items()):
         await kube.apply_pod_labels(namespace, pod, {SERVING_LABEL: SERVING} if wanted else {}, manager)
     return len(changes)
+
+
+async def autoscale(p: Pass, io: Clients) -> None:
+    """With spec.autoscaling, the operator owns spec.replicas: autoscale.decide_scale says when to move it one
+    step, and only then is it written (a patch that holds only if spec.replicas is still what was decided
+    on). The RayCluster's workers and the engines follow in the next pass, as for any change of replicas
+    (the write bumps metadata.generation, which wakes the loop)."""
+    spec = p.spec
+    assert spec is not None
+    if spec.autoscaling is None or spec.suspend:
+        p.memory.scale_windows = Windows()
+        return
+    if p.loads is None:
+        signals = Signals((), settling="the engines were not observed this pass")
+    else:
+        signals = signals_of(p.engines, p.loads, spec.replicas)
+    decision = decide_scale(spec.autoscaling, spec.replicas, signals, p.memory.scale_windows, p.now)
+    p.memory.scale_windows = decision.windows
+    wait = decision.look_again_after
+    if wait is not None and wait < p.settings.resync_seconds:
+        # A window ending before the next resync is looked at when it ends, not up to a resync later.
+        p.outcome.requeue_after = min(wait, p.outcome.requeue_after or wait)
+    if decision.replicas is None:
+        log.debug("%s: autoscaling holds: %s", p.ref, decision.detail)
+        return
+    await _write_replicas(p, io, spec.replicas, decision)
 
 
 async def write_status(p: Pass, io: Clients) -> None:
@@ -417,11 +485,13 @@ async def write_status(p: Pass, io: Clients) -> None:
 
 STEPS: tuple[Step, ...] = (
     validate,
+    bound_replicas,
     read_secrets,
     apply_ray_cluster,
     apply_service,
     supervise_engines,
     apply_serving_labels,
+    autoscale,
     write_status,
 )
 

@@ -32,7 +32,7 @@ from rayvllm.engine.decide import (
     requeue_after,
     watched,
 )
-from rayvllm.engine.health import probe_engine
+from rayvllm.engine.health import EngineProber, probe_engine
 from rayvllm.engine.job import EngineJobOptions, build_engine_job
 from rayvllm.engine.probe import EngineProbe
 from rayvllm.errors import RayError
@@ -55,6 +55,10 @@ class EngineProbing(Protocol):
         self, base_url: str, served_model_name: str, api_key: str | None = None
     ) -> EngineProbe: ...
 
+    async def load(self, base_url: str) -> float | None:
+        """Requests running + waiting on the engine (engine.health.read_load); None: it did not say."""
+        ...
+
 
 class _ProbePerCall:
     """The prober when the caller gives none: a client of its own per probe."""
@@ -64,6 +68,9 @@ class _ProbePerCall:
 
     async def probe(self, base_url: str, served_model_name: str, api_key: str | None = None) -> EngineProbe:
         return await probe_engine(base_url, served_model_name, api_key=api_key, http_timeout=self._timeout)
+
+    async def load(self, base_url: str) -> float | None:
+        return await EngineProber(timeout=self._timeout).load(base_url)
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,9 @@ class SupervisionResult:
     requeue_after: float | None = None
     """Look again this soon (seconds): an engine is starting, unhealthy, draining or backing off. None: every
     engine is steady (or waits for the cluster), the normal resync will do."""
+    loads: dict[int, float | None] = field(default_factory=dict)
+    """With spec.autoscaling: requests running + waiting of each engine this pass found ready, by index
+    (None: its /metrics did not say). Empty without autoscaling: /metrics is then not read."""
 
 
 @dataclass
@@ -136,6 +146,7 @@ class Supervisor:
             submissions=tally.submissions,
             resources=resources,
             requeue_after=requeue_after(engines, ctx),
+            loads=await self._loads(engines),
         )
 
     async def probe_without_ray(self, previous: Sequence[EngineStatus]) -> list[EngineStatus]:
@@ -204,6 +215,19 @@ class Supervisor:
         # for Ray answers the whole log each time.
         logs = await self._logs(sid) if logs_due(record, job, probe, self._ctx) else None
         return Observed(job, probe, logs)
+
+    async def _loads(self, engines: Sequence[EngineStatus]) -> dict[int, float | None]:
+        """The autoscaler's signal, read from the engines that serve after this pass (concurrently, under the
+        limiter); nothing without spec.autoscaling."""
+        if self._ctx.spec.autoscaling is None:
+            return {}
+        urls = {e.index: engine_base_url(e, self._ctx) for e in engines if e.ready}
+
+        async def read(url: str | None) -> float | None:
+            return None if url is None else await self._limited(lambda: self._prober.load(url))
+
+        loads = await asyncio.gather(*(read(url) for url in urls.values()))
+        return dict(zip(urls, loads, strict=True))
 
     # ---- acting ------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from rayvllm.engine.canary import (
     canary_due,
     judge_canary,
 )
-from rayvllm.engine.health import EngineProber, progress_tokens
+from rayvllm.engine.health import EngineProber, progress_tokens, requests_in_flight
 from rayvllm.engine.probe import EngineState
 
 # A trimmed /metrics answer of vLLM 0.32's OpenAI server.
@@ -40,6 +40,19 @@ def test_progress_is_the_sum_of_prompt_and_generation_tokens() -> None:
     assert progress_tokens(METRICS) == 42.0
     assert progress_tokens("# nothing of vLLM here\nup 1\n") is None
     assert progress_tokens("not { prometheus") is None
+
+
+def test_requests_in_flight_are_running_plus_waiting_over_every_engine_label() -> None:
+    waiting = """\
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="tiny"} 2.0
+vllm:num_requests_waiting{engine="1",model_name="tiny"} 1.0
+"""
+    assert requests_in_flight(METRICS + waiting) == 4.0
+    # Without both gauges there is no signal: one alone would read an overloaded engine as idle.
+    assert requests_in_flight(METRICS) is None
+    assert requests_in_flight(waiting) is None
+    assert requests_in_flight("not { prometheus") is None
 
 
 @pytest.mark.parametrize(

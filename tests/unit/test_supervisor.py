@@ -4,7 +4,7 @@ often the executor reads a loading engine's log."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -178,9 +178,14 @@ class FakeRay:
 @dataclass
 class FakeProber:
     state: EngineState = EngineState.STARTING
+    loads_read: list[str] = field(default_factory=list)
 
     async def probe(self, base_url: str, served_model_name: str, api_key: str | None = None) -> EngineProbe:
         return EngineProbe(self.state, self.state.value)
+
+    async def load(self, base_url: str) -> float | None:
+        self.loads_read.append(base_url)
+        return 3.0
 
 
 def test_a_loading_engine_s_log_is_read_at_most_every_30_s_and_never_once_ready() -> None:
@@ -225,3 +230,29 @@ def test_a_loading_engine_s_log_is_read_at_most_every_30_s_and_never_once_ready(
     for second in (62, 100, 3600):
         assert run_at(second, engines) == engines
     assert ray.log_reads == 2
+
+
+def test_loads_are_read_from_the_ready_engines_only_with_autoscaling() -> None:
+    settings = Settings(starting_probe_seconds=1.5, engine_host_override=None)
+    autoscaled = spec(replicas=1, autoscaling={"maxReplicas": 2, "targetRequestsPerReplica": 2})
+
+    def run(cluster_spec: Any, prober: FakeProber) -> dict[int, float | None]:
+        ctx = EngineContext(REF, cluster_spec, settings, T0)
+        engine = EngineStatus(
+            index=0,
+            submission_id="rayvllm-llm-r0-g3-a0-x",
+            job_status="RUNNING",
+            generation=3,
+            config_hash=engine_config_hash(cluster_spec),
+            started_at=T0 - timedelta(seconds=90),
+        )
+        supervisor = Supervisor(cast(RayDashboardClient, FakeRay("")), ctx, prober=prober)
+        return asyncio.run(supervisor.run([engine], may_submit=False)).loads
+
+    loading = FakeProber(EngineState.STARTING)
+    assert run(autoscaled, loading) == {} and loading.loads_read == []
+    serving = FakeProber(EngineState.READY)
+    assert run(autoscaled, serving) == {0: 3.0}
+    assert serving.loads_read == ["http://10.0.0.7:8000"]
+    unscaled = FakeProber(EngineState.READY)
+    assert run(spec(replicas=1), unscaled) == {} and unscaled.loads_read == []

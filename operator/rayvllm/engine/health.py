@@ -89,28 +89,54 @@ def _model_ids(response: httpx.Response) -> tuple[str, ...]:
 
 # vLLM's progress counters: tokens prefilled and generated since the engine started.
 PROGRESS_COUNTERS = frozenset({"vllm:generation_tokens_total", "vllm:prompt_tokens_total"})
+# vLLM's load gauges, the autoscaler's signal: requests being generated and requests queued.
+LOAD_GAUGES = frozenset({"vllm:num_requests_running", "vllm:num_requests_waiting"})
 
 
-def progress_tokens(metrics_text: str) -> float | None:
-    """The sum of vLLM's token counters in a /metrics answer (None: it has none). Samples are matched by
-    name, so an answer without TYPE lines counts too."""
-    total: float | None = None
+def metric_sums(metrics_text: str, names: frozenset[str]) -> dict[str, float]:
+    """The sum of each named metric's samples (over their labels) in a /metrics answer; a name the answer
+    lacks is absent. Samples are matched by name, so an answer without TYPE lines counts too; an answer that
+    does not parse counts as having none."""
+    sums: dict[str, float] = {}
     try:
         for family in text_string_to_metric_families(metrics_text):
             for sample in family.samples:
-                if sample.name in PROGRESS_COUNTERS:
-                    total = (total or 0.0) + sample.value
+                if sample.name in names:
+                    sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
     except ValueError:
-        return None
-    return total
+        return {}
+    return sums
 
 
-async def read_progress(client: httpx.AsyncClient, base_url: str, http_timeout: float) -> float | None:
+def progress_tokens(metrics_text: str) -> float | None:
+    """The sum of vLLM's token counters in a /metrics answer (None: it has none)."""
+    sums = metric_sums(metrics_text, PROGRESS_COUNTERS)
+    return sum(sums.values()) if sums else None
+
+
+def requests_in_flight(metrics_text: str) -> float | None:
+    """Requests running + waiting in a /metrics answer (None unless it has both gauges)."""
+    sums = metric_sums(metrics_text, LOAD_GAUGES)
+    return sum(sums.values()) if sums.keys() == LOAD_GAUGES else None
+
+
+async def _read_metrics(client: httpx.AsyncClient, base_url: str, http_timeout: float) -> str | None:
+    """vLLM's /metrics (not behind the API key), or None when it does not answer 200."""
     try:
         response = await client.get(f"{base_url.rstrip('/')}/metrics", timeout=http_timeout)
     except httpx.HTTPError:
         return None
-    return progress_tokens(response.text) if response.status_code == 200 else None
+    return response.text if response.status_code == 200 else None
+
+
+async def read_progress(client: httpx.AsyncClient, base_url: str, http_timeout: float) -> float | None:
+    text = await _read_metrics(client, base_url, http_timeout)
+    return None if text is None else progress_tokens(text)
+
+
+async def read_load(client: httpx.AsyncClient, base_url: str, http_timeout: float) -> float | None:
+    text = await _read_metrics(client, base_url, http_timeout)
+    return None if text is None else requests_in_flight(text)
 
 
 async def canary_completion(
@@ -176,6 +202,13 @@ class EngineProber:
         if not probe.ready or self._canary_interval <= 0:
             return probe
         return await self._with_canary(probe, base_url, served_model_name, api_key)
+
+    async def load(self, base_url: str) -> float | None:
+        """Requests running + waiting on the engine, from its /metrics (None: it did not say)."""
+        if self._client is None:
+            async with httpx.AsyncClient(timeout=self._timeout) as client:
+                return await read_load(client, base_url, self._timeout)
+        return await read_load(self._client, base_url, self._timeout)
 
     async def _with_canary(
         self, probe: EngineProbe, base_url: str, served_model_name: str, api_key: str | None

@@ -9,7 +9,7 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from rayvllm import API_GROUP, API_VERSION, PLURAL
-from rayvllm.errors import KubernetesError
+from rayvllm.errors import KubernetesError, KubernetesRejectedError
 from rayvllm.k8s.api import AS_APPLY, AS_JSON_PATCH, apply_body, call, call_or_none, to_dict
 
 RAY_GROUP, RAY_VERSION, RAYCLUSTERS = "ray.io", "v1", "rayclusters"
@@ -102,6 +102,37 @@ class Kubernetes:
             for key, value in (secret.data or {}).items()
         }
         return {**(secret.string_data or {}), **data}
+
+    # ---- VLLMCluster spec.replicas (the autoscaler) ----------------------------------------------
+
+    async def set_replicas(self, namespace: str, name: str, expected: int, replicas: int) -> str | None:
+        """spec.replicas from `expected` to `replicas`, only if it still is `expected`: a JSON patch whose
+        `test` fails (HTTP 422) when someone (`kubectl scale`, an edit) changed it since the caller looked,
+        so a decision made on a stale view is dropped rather than overwriting theirs. None once written,
+        else the API server's refusal (422: that, or admission refusing the object as it now is)."""
+        patch = [
+            {"op": "test", "path": "/spec/replicas", "value": expected},
+            {"op": "replace", "path": "/spec/replicas", "value": replicas},
+        ]
+        try:
+            await call(
+                f"set spec.replicas of VLLMCluster {namespace}/{name} to {replicas}",
+                self._custom.patch_namespaced_custom_object(
+                    API_GROUP,
+                    API_VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    patch,
+                    field_manager=self.field_manager,
+                    **AS_JSON_PATCH,
+                ),
+            )
+        except KubernetesRejectedError as refused:
+            if refused.status != 422:
+                raise
+            return str(refused)
+        return None
 
     # ---- VLLMCluster status ----------------------------------------------------------------------
 

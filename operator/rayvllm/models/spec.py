@@ -501,6 +501,55 @@ class UpgradeStrategySpec(ApiModel):
     )
 
 
+class AutoscalingSpec(ApiModel):
+    """The operator sets spec.replicas from vLLM's own load: requests running plus waiting, averaged over the
+    ready engines, against targetRequestsPerReplica (docs/autoscaling.md)."""
+
+    cel_rules = (
+        Rule(
+            # Checked after defaulting, but an absent minReplicas must not fail it either.
+            cel="!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+            message="spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas",
+            holds=lambda autoscaling: autoscaling.min_replicas <= autoscaling.max_replicas,
+            field_path=".minReplicas",
+        ),
+    )
+
+    min_replicas: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description=(
+            "Fewest engines. At least 1: the load signal comes from serving engines, so none could tell "
+            "when to start again."
+        ),
+    )
+    max_replicas: int = Field(ge=1, le=1000, description="Most engines (and their GPU worker pods).")
+    target_requests_per_replica: float = Field(
+        gt=0,
+        le=100000,
+        description=(
+            "Requests in flight per engine to aim at: vllm:num_requests_running + vllm:num_requests_waiting "
+            "from each ready engine's /metrics, averaged over the ready engines."
+        ),
+    )
+    scale_up_stabilization_seconds: int = Field(
+        30,
+        ge=0,
+        le=86400,
+        description="The average must stay above the target this long before one engine is added.",
+    )
+    scale_down_delay_seconds: int = Field(
+        300,
+        ge=0,
+        le=86400,
+        description=(
+            "One engine fewer must have stayed below the target (the load over one engine fewer) this long "
+            "before one engine is removed."
+        ),
+    )
+
+
 # --- the spec -----------------------------------------------------------------------------------------
 
 _GPUS_PER_ENGINE_CEL = "(self.engine.tensorParallelSize * self.engine.pipelineParallelSize)"
@@ -521,6 +570,21 @@ _SPEC_RULES = (
             "spec.engine.tensorParallelSize x spec.engine.pipelineParallelSize (e.g. gpusPerWorker 1)"
         ),
         holds=lambda spec: spec.replicas <= 1 or spec.gpus_per_engine >= spec.ray.worker.gpus_per_worker,
+        field_path=".ray.worker.gpusPerWorker",
+    ),
+    Rule(
+        cel=f"!has(self.autoscaling) || self.autoscaling.maxReplicas <= 1 "
+        f"|| {_GPUS_PER_ENGINE_CEL} >= {_GPUS_PER_WORKER_CEL}",
+        message=(
+            "spec.autoscaling.maxReplicas > 1 needs one worker pod per engine, because each engine's API "
+            "server listens on spec.engine.port in its own pod: make spec.ray.worker.gpusPerWorker <= "
+            "spec.engine.tensorParallelSize x spec.engine.pipelineParallelSize (e.g. gpusPerWorker 1)"
+        ),
+        holds=lambda spec: (
+            spec.autoscaling is None
+            or spec.autoscaling.max_replicas <= 1
+            or spec.gpus_per_engine >= spec.ray.worker.gpus_per_worker
+        ),
         field_path=".ray.worker.gpusPerWorker",
     ),
     Rule(
@@ -581,6 +645,15 @@ class VLLMClusterSpec(ApiModel):
         ge=0,
         le=1000,
         description="Independent engines (data-parallel copies) behind the Service; /scale target.",
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        None,
+        description=(
+            "Scale on vLLM's own load signals. While set, the operator owns spec.replicas: `kubectl scale` "
+            "only sets where the next decision starts from (a value outside [minReplicas, maxReplicas] is "
+            "brought back at once). Unset: spec.replicas is the user's (or their HorizontalPodAutoscaler's, "
+            "through /scale)."
+        ),
     )
     ray: RaySpec = Field(description="The Ray cluster the engines run on.")
     restart_policy: RestartPolicySpec = Field(
