@@ -89,7 +89,7 @@ def test_the_replicas_write_holds_only_if_replicas_is_unchanged(
     kube.apply(body, namespace)
 
     async def set_replicas(expected: int, replicas: int) -> str | None:
-        async with connect(str(kube.kubeconfig)) as api:
+        async with connect(4, str(kube.kubeconfig)) as api:
             return await Kubernetes(api, "rayvllm").set_replicas(namespace, name, expected, replicas)
 
     refused = asyncio.run(set_replicas(expected=7, replicas=2))
