@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 from rayvllm.autoscale import ScaleDecision, Signals, Windows, bring_within_bounds, decide_scale, signals_of
 from rayvllm.builders import RAY_AUTH_TOKEN_KEY, build_ray_cluster, build_service, ray_auth_secret_name
 from rayvllm.builders.labels import SERVING, SERVING_LABEL
-from rayvllm.builders.raycluster import pod_spec_hash
+from rayvllm.builders.raycluster import pod_spec_hash, scrape_annotations
 from rayvllm.drift import needs_apply
 from rayvllm.engine.health import EngineProber
 from rayvllm.errors import (
@@ -392,20 +392,28 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
 
 
 async def apply_serving_labels(p: Pass, io: Clients) -> None:
+    assert p.spec is not None
     manager = f"{p.settings.field_manager}-serving"
     p.outcome.writes += await label_serving_pods(
-        io.kube, p.ref.namespace, p.children.pods, p.engines, manager
+        io.kube, p.ref.namespace, p.children.pods, p.engines, manager, scrape_annotations(p.spec)
     )
 
 
 async def label_serving_pods(
-    kube: Kubernetes, namespace: str, pods: Sequence[PodView], engines: Sequence[EngineStatus], manager: str
+    kube: Kubernetes,
+    namespace: str,
+    pods: Sequence[PodView],
+    engines: Sequence[EngineStatus],
+    manager: str,
+    annotations: dict[str, str],
 ) -> int:
-    """The Service routes to pods labelled serving: exactly those hosting a ready engine's API server.
-    Returns how many pods were written."""
+    """The Service routes to pods labelled serving: exactly those hosting a ready engine's API server. The
+    same write gives them `annotations` (Prometheus' scrape annotations) and takes both away again, so
+    they cost no write of their own. Returns how many pods were written."""
     changes = serving_changes(pods, engines)
     for pod, wanted in sorted(changes.items()):
-        await kube.apply_pod_labels(namespace, pod, {SERVING_LABEL: SERVING} if wanted else {}, manager)
+        labels, kept = ({SERVING_LABEL: SERVING}, annotations) if wanted else ({}, {})
+        await kube.apply_pod_metadata(namespace, pod, labels, kept, manager)
     return len(changes)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from rayvllm.builders import build_service, cluster_labels
+from rayvllm.builders.raycluster import scrape_annotations
 from rayvllm.k8s.api import connect
 from rayvllm.k8s.resources import Kubernetes
 from rayvllm.models import parse_spec
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.integration
 NAME = "svc"
 RAY_CLUSTER_LABEL = "ray.io/cluster"
 SPEC = parse_spec({"model": {"source": "hf://org/model"}, "ray": {"image": "img"}})
+SCRAPE = scrape_annotations(SPEC)
 
 
 def worker_pod(name: str) -> dict[str, Any]:
@@ -47,7 +49,7 @@ def relabel(kube: Kube, namespace: str, engines: list[EngineStatus]) -> None:
         async with connect(4, str(kube.kubeconfig)) as api:
             k8s = Kubernetes(api, "rayvllm")
             pods = [pod_view(p) for p in kube.get_json("pods", "-n", namespace)["items"]]
-            await label_serving_pods(k8s, namespace, pods, engines, "rayvllm-serving")
+            await label_serving_pods(k8s, namespace, pods, engines, "rayvllm-serving", SCRAPE)
 
     asyncio.run(run())
 
@@ -95,6 +97,13 @@ def test_service_routes_only_to_pods_of_ready_engines(kube: Kube, namespace: str
     }
     assert labels["worker-a"].get("rayvllm.io/serving") == "true"
     assert "rayvllm.io/serving" not in labels["worker-b"]
+    # The serving pod also carries Prometheus' scrape annotations (same write), the other does not.
+    annotations = {
+        p["metadata"]["name"]: p["metadata"].get("annotations") or {}
+        for p in kube.get_json("pods", "-n", namespace)["items"]
+    }
+    assert {k: annotations["worker-a"].get(k) for k in SCRAPE} == SCRAPE
+    assert not set(SCRAPE) & set(annotations["worker-b"])
     wait_for(
         lambda: endpoint_ips(kube, namespace) == {ips["worker-a"]},
         timeout=60,
@@ -117,6 +126,8 @@ def test_service_routes_only_to_pods_of_ready_engines(kube: Kube, namespace: str
         for p in kube.get_json("pods", "-n", namespace)["items"]
     }
     assert "rayvllm.io/serving" not in labels["worker-a"]
+    gone = kube.get_json("pod", "worker-a", "-n", namespace)["metadata"].get("annotations") or {}
+    assert not set(SCRAPE) & set(gone), gone
     # The operator's other labels are untouched: it owns only the serving label on pods.
     assert labels["worker-a"][RAY_CLUSTER_LABEL] == NAME
 

@@ -139,9 +139,11 @@ def _pod_template(
     return {"metadata": {"labels": cluster_labels(name)}, "spec": pod_spec}
 
 
-def _scrape_annotations(spec: VLLMClusterSpec) -> dict[str, str]:
-    """The prometheus.io annotations of the worker pods, which host the engines' API servers: Prometheus
-    configurations that discover pods by annotation scrape vLLM's own metrics from them."""
+def scrape_annotations(spec: VLLMClusterSpec) -> dict[str, str]:
+    """The prometheus.io annotations of a pod serving an engine's API server: Prometheus configurations
+    that discover pods by annotation scrape vLLM's own metrics from it. Applied to the pod with its serving
+    label (reconcile.label_serving_pods), not put in the pod template: KubeRay recreates pods whose
+    template changes, so a template annotation added by an operator upgrade would reload every model."""
     return {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(spec.engine.port),
@@ -193,7 +195,6 @@ def _worker_group(spec: VLLMClusterSpec, name: str, plan: WorkerPlan) -> dict[st
             volumes,
         ),
     }
-    group["template"]["metadata"]["annotations"] = _scrape_annotations(spec)
     if plan.workers_to_delete:
         group["scaleStrategy"] = {"workersToDelete": list(plan.workers_to_delete)}
     return group
@@ -245,8 +246,7 @@ def build_ray_cluster(
 
 def pod_spec_hash(ray_spec: dict[str, Any]) -> str:
     """The hash of a RayCluster spec as it shapes pods: worker counts and workersToDelete left out (they
-    add or remove pods, they change none), and the template annotations (the hash itself, and the scrape
-    annotations, which derive from the engine port already hashed)."""
+    add or remove pods, they change none), and the template annotations (the hash itself)."""
     shaped = copy.deepcopy(ray_spec)
     for group in shaped.get("workerGroupSpecs", []):
         for key in ("replicas", "minReplicas", "maxReplicas", "scaleStrategy"):

@@ -76,10 +76,13 @@ class Kubernetes:
 
     # ---- Pods ------------------------------------------------------------------------------------
 
-    async def apply_pod_labels(self, namespace: str, name: str, labels: dict[str, str], manager: str) -> None:
-        """Own exactly `labels` on the pod under `manager`: labels this manager set before and that are
-        absent now are removed by the API server."""
-        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}}
+    async def apply_pod_metadata(
+        self, namespace: str, name: str, labels: dict[str, str], annotations: dict[str, str], manager: str
+    ) -> None:
+        """Own exactly `labels` and `annotations` on the pod under `manager`: those this manager set before
+        and that are absent now are removed by the API server."""
+        metadata = {"name": name, "labels": labels, "annotations": annotations}
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata}
         await call_or_none(
             f"label pod {namespace}/{name}",
             self._core.patch_namespaced_pod(
