@@ -3,7 +3,8 @@ none) and why. No I/O, no clock: the reconcile step `autoscale` reads the signal
 writes spec.replicas when a decision says so.
 
 The signal is vLLM's own: `vllm:num_requests_running + vllm:num_requests_waiting` of each ready engine
-(engine.health.requests_in_flight), averaged over the ready engines. One engine is added when the average has
+(engine.health.requests_in_flight), or the average of the same since the last pass where that is larger
+(averaged_loads), averaged over the ready engines. One engine is added when the average has
 stayed above `targetRequestsPerReplica` for `scaleUpStabilizationSeconds`; one is removed when the same load
 over one engine fewer has stayed below the target for `scaleDownDelaySeconds`. The gap between the two
 thresholds is the hysteresis: a step up never makes a step down true for the same load, nor the reverse. A
@@ -18,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from rayvllm.engine.probe import LoadSample
 from rayvllm.events import Event
 from rayvllm.models.spec import AutoscalingSpec
 from rayvllm.models.status import EngineStage, EngineStatus, engine_stage
@@ -62,6 +64,37 @@ def signals_of(engines: Sequence[EngineStatus], loads: Mapping[int, float | None
         missing=sum(load is None for load in read),
         settling=settling,
     )
+
+
+Sampled = tuple[LoadSample, datetime]
+
+
+def averaged_loads(
+    samples: Mapping[int, LoadSample | None], previous: Mapping[int, Sampled], now: datetime
+) -> tuple[dict[int, float | None], dict[int, Sampled]]:
+    """Each engine's load (by index) from this pass's read of its /metrics and the last one kept, and what
+    to keep for the next pass. The load is the larger of the gauges read now and the average number of
+    requests in flight since the last read (the growth of the summed request latency over the time between,
+    Little's law). The gauges alone are a single moment: read between two bursts of short requests (or while
+    a busy engine's server only answers /metrics between its steps) they say 0 under a steady load, while
+    the average misses a long request until it finishes. A counter that went back (the engine restarted)
+    gives no average this pass."""
+    loads: dict[int, float | None] = {}
+    kept: dict[int, Sampled] = {}
+    for index, sample in samples.items():
+        if sample is None:
+            loads[index] = None
+            continue
+        kept[index] = (sample, now)
+        before = previous.get(index)
+        average = 0.0
+        if before is not None:
+            grown = sample.latency_seconds - before[0].latency_seconds
+            elapsed = (now - before[1]).total_seconds()
+            if grown >= 0 and elapsed > 0:
+                average = grown / elapsed
+        loads[index] = max(sample.in_flight, average)
+    return loads, kept
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,22 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from rayvllm.autoscale import ScaleDecision, Signals, Windows, bring_within_bounds, decide_scale, signals_of
+from rayvllm.autoscale import (
+    Sampled,
+    ScaleDecision,
+    Signals,
+    Windows,
+    averaged_loads,
+    bring_within_bounds,
+    decide_scale,
+    signals_of,
+)
 from rayvllm.builders import RAY_AUTH_TOKEN_KEY, build_ray_cluster, build_service, ray_auth_secret_name
 from rayvllm.builders.labels import SERVING, SERVING_LABEL
 from rayvllm.builders.raycluster import pod_spec_hash, scrape_annotations
 from rayvllm.drift import needs_apply
 from rayvllm.engine.health import EngineProber
+from rayvllm.engine.probe import LoadSample
 from rayvllm.errors import (
     InvalidSpecError,
     KubernetesRejectedError,
@@ -92,6 +102,8 @@ class Memory:
     """Results of pure computations by their inputs: a settled object's pass recomputes nothing."""
     status_written_at: datetime | None = None
     """When this operator last wrote the object's status."""
+    load_samples: dict[int, Sampled] = field(default_factory=dict)
+    """Each ready engine's last load read, and when: the autoscaler averages over the time since."""
     scale_windows: Windows = field(default_factory=Windows)
     """The autoscaler's open window. In memory only: after an operator restart a window starts again, which
     only delays a step (never adds one), and keeping it in status would cost a write at every threshold
@@ -147,8 +159,8 @@ class Pass:
     dashboard_url: str | None = None
     ray_resources: RayResourcesStatus | None = None
     """Read this pass (None: not read; status keeps what it last showed)."""
-    loads: dict[int, float | None] | None = None
-    """The ready engines' requests in flight, as supervision read them (None: the engines were not observed)."""
+    loads: dict[int, LoadSample | None] | None = None
+    """The ready engines' load, as supervision read it (None: the engines were not observed)."""
     outcome: Outcome = field(default_factory=lambda: Outcome(status=None))
     done: bool = False
     """Set by a step after which only the status step runs (an invalid spec)."""
@@ -426,11 +438,13 @@ async def autoscale(p: Pass, io: Clients) -> None:
     assert spec is not None
     if spec.autoscaling is None or spec.suspend:
         p.memory.scale_windows = Windows()
+        p.memory.load_samples = {}
         return
     if p.loads is None:
         signals = Signals((), settling="the engines were not observed this pass")
     else:
-        signals = signals_of(p.engines, p.loads, spec.replicas)
+        loads, p.memory.load_samples = averaged_loads(p.loads, p.memory.load_samples, p.now)
+        signals = signals_of(p.engines, loads, spec.replicas)
     decision = decide_scale(spec.autoscaling, spec.replicas, signals, p.memory.scale_windows, p.now)
     p.memory.scale_windows = decision.windows
     wait = decision.look_again_after

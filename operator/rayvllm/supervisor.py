@@ -34,7 +34,7 @@ from rayvllm.engine.decide import (
 )
 from rayvllm.engine.health import EngineProber, probe_engine
 from rayvllm.engine.job import EngineJobOptions, build_engine_job
-from rayvllm.engine.probe import EngineProbe
+from rayvllm.engine.probe import EngineProbe, LoadSample
 from rayvllm.errors import RayError
 from rayvllm.events import Event
 from rayvllm.models.rayapi import ClusterResources
@@ -55,8 +55,8 @@ class EngineProbing(Protocol):
         self, base_url: str, served_model_name: str, api_key: str | None = None
     ) -> EngineProbe: ...
 
-    async def load(self, base_url: str) -> float | None:
-        """Requests running + waiting on the engine (engine.health.read_load); None: it did not say."""
+    async def load(self, base_url: str) -> LoadSample | None:
+        """The engine's load (engine.health.read_load); None: it did not say."""
         ...
 
 
@@ -69,7 +69,7 @@ class _ProbePerCall:
     async def probe(self, base_url: str, served_model_name: str, api_key: str | None = None) -> EngineProbe:
         return await probe_engine(base_url, served_model_name, api_key=api_key, http_timeout=self._timeout)
 
-    async def load(self, base_url: str) -> float | None:
+    async def load(self, base_url: str) -> LoadSample | None:
         return await EngineProber(timeout=self._timeout).load(base_url)
 
 
@@ -84,7 +84,7 @@ class SupervisionResult:
     requeue_after: float | None = None
     """Look again this soon (seconds): an engine is starting, unhealthy, draining or backing off. None: every
     engine is steady (or waits for the cluster), the normal resync will do."""
-    loads: dict[int, float | None] = field(default_factory=dict)
+    loads: dict[int, LoadSample | None] = field(default_factory=dict)
     """With spec.autoscaling: requests running + waiting of each engine this pass found ready, by index
     (None: its /metrics did not say). Empty without autoscaling: /metrics is then not read."""
 
@@ -216,14 +216,14 @@ class Supervisor:
         logs = await self._logs(sid) if logs_due(record, job, probe, self._ctx) else None
         return Observed(job, probe, logs)
 
-    async def _loads(self, engines: Sequence[EngineStatus]) -> dict[int, float | None]:
+    async def _loads(self, engines: Sequence[EngineStatus]) -> dict[int, LoadSample | None]:
         """The autoscaler's signal, read from the engines that serve after this pass (concurrently, under the
         limiter); nothing without spec.autoscaling."""
         if self._ctx.spec.autoscaling is None:
             return {}
         urls = {e.index: engine_base_url(e, self._ctx) for e in engines if e.ready}
 
-        async def read(url: str | None) -> float | None:
+        async def read(url: str | None) -> LoadSample | None:
             return None if url is None else await self._limited(lambda: self._prober.load(url))
 
         loads = await asyncio.gather(*(read(url) for url in urls.values()))

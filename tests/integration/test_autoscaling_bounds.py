@@ -32,7 +32,8 @@ def sample(**spec: Any) -> dict[str, Any]:
 
 
 def get(kube: Kube, kind: str, namespace: str, name: str) -> dict[str, Any]:
-    found = kube.get_json(kind, name, "-n", namespace)
+    # kubectl leaves managedFields out unless asked; the write's owner is read from them.
+    found = kube.get_json(kind, name, "-n", namespace, "--show-managed-fields")
     assert found is not None, f"{kind} {namespace}/{name} not found"
     return dict(found)
 

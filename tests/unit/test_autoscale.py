@@ -13,7 +13,8 @@ from typing import Any, cast
 
 import pytest
 
-from rayvllm.autoscale import ScaleDecision, Signals, Windows, decide_scale, signals_of
+from rayvllm.autoscale import ScaleDecision, Signals, Windows, averaged_loads, decide_scale, signals_of
+from rayvllm.engine.probe import LoadSample
 from rayvllm.errors import TransientError
 from rayvllm.identity import ClusterRef
 from rayvllm.models import parse_spec
@@ -248,16 +249,16 @@ def test_the_step_writes_only_when_the_decision_takes_a_step() -> None:
     passes = []
     for now, load in ((0, 5.0), (UP / 2, 5.0), (UP, 5.0)):
         p = a_pass(memory, now, replicas=1, autoscaling=AUTOSCALED)
-        p.engines, p.loads = list(ready), {0: load}
+        p.engines, p.loads = list(ready), {0: LoadSample(load, 0.0)}
         asyncio.run(autoscale(p, io))
         passes.append((p.outcome.writes, [e.reason for e in p.outcome.events]))
     assert passes == [(0, []), (0, []), (1, [EventReason.SCALED_UP])]
     assert kube.writes == [(1, 2)]
     # At rest, not observed, or without autoscaling: nothing is written.
-    quiet: list[tuple[dict[int, float | None] | None, dict[str, Any]]] = [
-        ({0: 0.0}, {"autoscaling": AUTOSCALED}),
+    quiet: list[tuple[dict[int, LoadSample | None] | None, dict[str, Any]]] = [
+        ({0: LoadSample(0.0, 0.0)}, {"autoscaling": AUTOSCALED}),
         (None, {"autoscaling": AUTOSCALED}),
-        ({0: 9.0}, {}),
+        ({0: LoadSample(9.0, 0.0)}, {}),
     ]
     for loads, spec in quiet:
         p = a_pass(memory, UP * 10, replicas=1, **spec)
@@ -271,6 +272,32 @@ def test_a_refused_step_is_dropped_without_an_event() -> None:
     memory = Memory(scale_windows=above(0, 1))
     p = a_pass(memory, UP, replicas=1, autoscaling=AUTOSCALED)
     p.engines = [EngineStatus(index=0, submission_id="s0", job_status="RUNNING", ready=True)]
-    p.loads = {0: 5.0}
+    p.loads = {0: LoadSample(5.0, 0.0)}
     asyncio.run(autoscale(p, cast(Clients, SimpleNamespace(kube=_ReplicasKube(refuse="HTTP 422")))))
     assert p.outcome.writes == 0 and p.outcome.events == []
+
+
+@pytest.mark.parametrize(
+    ("sample", "previous", "expected"),
+    [
+        # No earlier read: the gauges alone.
+        (LoadSample(2.0, 50.0), None, 2.0),
+        # 10 s of summed latency over 5 s: two requests in flight on average, though the gauges read 0
+        # (short requests between two reads).
+        (LoadSample(0.0, 60.0), (LoadSample(0.0, 50.0), 5.0), 2.0),
+        # A long request still running: the gauges say more than the finished ones' latency.
+        (LoadSample(3.0, 50.0), (LoadSample(3.0, 50.0), 5.0), 3.0),
+        # The counter went back (the engine restarted): no average this pass.
+        (LoadSample(1.0, 2.0), (LoadSample(0.0, 50.0), 5.0), 1.0),
+        # The engine did not say: no load, and nothing kept.
+        (None, (LoadSample(0.0, 50.0), 5.0), None),
+    ],
+)
+def test_a_load_is_the_larger_of_the_gauges_and_the_average_since_the_last_read(
+    sample: LoadSample | None, previous: tuple[LoadSample, float] | None, expected: float | None
+) -> None:
+    now = T0 + timedelta(seconds=10)
+    kept_before = {} if previous is None else {0: (previous[0], now - timedelta(seconds=previous[1]))}
+    loads, kept = averaged_loads({0: sample}, kept_before, now)
+    assert loads == {0: expected}
+    assert kept == ({} if sample is None else {0: (sample, now)})

@@ -17,7 +17,7 @@ from rayvllm.engine.canary import (
     judge_canary,
 )
 from rayvllm.engine.health import EngineProber, progress_tokens, requests_in_flight
-from rayvllm.engine.probe import EngineState
+from rayvllm.engine.probe import EngineState, LoadSample
 
 # A trimmed /metrics answer of vLLM 0.32's OpenAI server.
 METRICS = """\
@@ -48,10 +48,17 @@ def test_requests_in_flight_are_running_plus_waiting_over_every_engine_label() -
 vllm:num_requests_waiting{engine="0",model_name="tiny"} 2.0
 vllm:num_requests_waiting{engine="1",model_name="tiny"} 1.0
 """
-    assert requests_in_flight(METRICS + waiting) == 4.0
-    # Without both gauges there is no signal: one alone would read an overloaded engine as idle.
-    assert requests_in_flight(METRICS) is None
-    assert requests_in_flight(waiting) is None
+    latency = """\
+# TYPE vllm:e2e_request_latency_seconds histogram
+vllm:e2e_request_latency_seconds_bucket{engine="0",le="+Inf",model_name="tiny"} 7.0
+vllm:e2e_request_latency_seconds_count{engine="0",model_name="tiny"} 7.0
+vllm:e2e_request_latency_seconds_sum{engine="0",model_name="tiny"} 3.5
+"""
+    assert requests_in_flight(METRICS + waiting + latency) == LoadSample(in_flight=4.0, latency_seconds=3.5)
+    # Without both gauges and the latency there is no signal: part of it would read a loaded engine as idle.
+    assert requests_in_flight(METRICS + latency) is None
+    assert requests_in_flight(waiting + latency) is None
+    assert requests_in_flight(METRICS + waiting) is None
     assert requests_in_flight("not { prometheus") is None
 
 

@@ -13,7 +13,7 @@ import pytest
 from rayvllm.engine.context import EngineContext
 from rayvllm.engine.failure import LAST_FAILURE_LIMIT, failure_text, last_log_line, log_tail, redact
 from rayvllm.engine.fingerprint import engine_config_hash
-from rayvllm.engine.probe import EngineProbe, EngineState
+from rayvllm.engine.probe import EngineProbe, EngineState, LoadSample
 from rayvllm.identity import ClusterRef
 from rayvllm.models import EngineStatus, parse_spec
 from rayvllm.models.rayapi import JobInfo
@@ -183,9 +183,9 @@ class FakeProber:
     async def probe(self, base_url: str, served_model_name: str, api_key: str | None = None) -> EngineProbe:
         return EngineProbe(self.state, self.state.value)
 
-    async def load(self, base_url: str) -> float | None:
+    async def load(self, base_url: str) -> LoadSample | None:
         self.loads_read.append(base_url)
-        return 3.0
+        return LoadSample(3.0, 0.0)
 
 
 def test_a_loading_engine_s_log_is_read_at_most_every_30_s_and_never_once_ready() -> None:
@@ -236,7 +236,7 @@ def test_loads_are_read_from_the_ready_engines_only_with_autoscaling() -> None:
     settings = Settings(starting_probe_seconds=1.5, engine_host_override=None)
     autoscaled = spec(replicas=1, autoscaling={"maxReplicas": 2, "targetRequestsPerReplica": 2})
 
-    def run(cluster_spec: Any, prober: FakeProber) -> dict[int, float | None]:
+    def run(cluster_spec: Any, prober: FakeProber) -> dict[int, LoadSample | None]:
         ctx = EngineContext(REF, cluster_spec, settings, T0)
         engine = EngineStatus(
             index=0,
@@ -252,7 +252,7 @@ def test_loads_are_read_from_the_ready_engines_only_with_autoscaling() -> None:
     loading = FakeProber(EngineState.STARTING)
     assert run(autoscaled, loading) == {} and loading.loads_read == []
     serving = FakeProber(EngineState.READY)
-    assert run(autoscaled, serving) == {0: 3.0}
+    assert run(autoscaled, serving) == {0: LoadSample(3.0, 0.0)}
     assert serving.loads_read == ["http://10.0.0.7:8000"]
     unscaled = FakeProber(EngineState.READY)
     assert run(spec(replicas=1), unscaled) == {} and unscaled.loads_read == []

@@ -25,6 +25,7 @@ from rayvllm.engine.canary import (
 # Re-exported (the `as` form): callers of the probe take its result types from here too.
 from rayvllm.engine.probe import EngineProbe as EngineProbe
 from rayvllm.engine.probe import EngineState as EngineState
+from rayvllm.engine.probe import LoadSample
 
 
 async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response | EngineProbe:
@@ -91,6 +92,7 @@ def _model_ids(response: httpx.Response) -> tuple[str, ...]:
 PROGRESS_COUNTERS = frozenset({"vllm:generation_tokens_total", "vllm:prompt_tokens_total"})
 # vLLM's load gauges, the autoscaler's signal: requests being generated and requests queued.
 LOAD_GAUGES = frozenset({"vllm:num_requests_running", "vllm:num_requests_waiting"})
+LATENCY_SUM = "vllm:e2e_request_latency_seconds_sum"
 
 
 def metric_sums(metrics_text: str, names: frozenset[str]) -> dict[str, float]:
@@ -114,10 +116,13 @@ def progress_tokens(metrics_text: str) -> float | None:
     return sum(sums.values()) if sums else None
 
 
-def requests_in_flight(metrics_text: str) -> float | None:
-    """Requests running + waiting in a /metrics answer (None unless it has both gauges)."""
-    sums = metric_sums(metrics_text, LOAD_GAUGES)
-    return sum(sums.values()) if sums.keys() == LOAD_GAUGES else None
+def requests_in_flight(metrics_text: str) -> LoadSample | None:
+    """Requests running + waiting in a /metrics answer, and the summed latency of the finished ones (None
+    unless it has the gauges and the latency histogram)."""
+    sums = metric_sums(metrics_text, LOAD_GAUGES | {LATENCY_SUM})
+    if sums.keys() != LOAD_GAUGES | {LATENCY_SUM}:
+        return None
+    return LoadSample(sum(sums[name] for name in LOAD_GAUGES), sums[LATENCY_SUM])
 
 
 async def _read_metrics(client: httpx.AsyncClient, base_url: str, http_timeout: float) -> str | None:
@@ -134,7 +139,7 @@ async def read_progress(client: httpx.AsyncClient, base_url: str, http_timeout: 
     return None if text is None else progress_tokens(text)
 
 
-async def read_load(client: httpx.AsyncClient, base_url: str, http_timeout: float) -> float | None:
+async def read_load(client: httpx.AsyncClient, base_url: str, http_timeout: float) -> LoadSample | None:
     text = await _read_metrics(client, base_url, http_timeout)
     return None if text is None else requests_in_flight(text)
 
@@ -203,8 +208,8 @@ class EngineProber:
             return probe
         return await self._with_canary(probe, base_url, served_model_name, api_key)
 
-    async def load(self, base_url: str) -> float | None:
-        """Requests running + waiting on the engine, from its /metrics (None: it did not say)."""
+    async def load(self, base_url: str) -> LoadSample | None:
+        """The engine's load, from its /metrics (None: it did not say)."""
         if self._client is None:
             async with httpx.AsyncClient(timeout=self._timeout) as client:
                 return await read_load(client, base_url, self._timeout)

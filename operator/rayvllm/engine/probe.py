@@ -35,3 +35,15 @@ class EngineProbe:
     @property
     def ready(self) -> bool:
         return self.state is EngineState.READY
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """What one read of an engine's /metrics says of its load (engine.health.read_load)."""
+
+    in_flight: float
+    """vllm:num_requests_running + vllm:num_requests_waiting at the moment of the read."""
+    latency_seconds: float
+    """vllm:e2e_request_latency_seconds_sum: the summed time in the engine (queued and running) of every
+    request finished so far. Its growth over an interval, divided by the interval, is the average number of
+    requests in flight over it (Little's law), which a single read of the gauges can miss."""
