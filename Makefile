@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator
 
-.PHONY: venv node-packages tools ray-env cluster-up cluster-down lint typecheck unit test demo demo-down bench clean
+.PHONY: venv node-packages tools ray-env cluster-up cluster-down lint typecheck unit test day2 demo demo-down bench clean
 
 $(PY): pyproject.toml requirements.lock
 	$(PYTHON) -m pip install -q uv==0.13.8
@@ -54,6 +54,10 @@ unit: venv tools
 ## test: the README's test command: lint, types, then every test tier against the real components
 test: venv tools ray-env lint typecheck
 	bash hack/run-tests.sh
+
+## day2: the heavy day-2 runs on real pods (autoscaling under a load ramp), left out of `make test`
+day2: venv tools ray-env
+	bash hack/run-tests.sh tests -m day2
 
 ## demo: the operator end to end on this machine; prints a completion served through it. DOWN=1 stops all after.
 demo: venv tools ray-env
