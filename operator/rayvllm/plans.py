@@ -4,8 +4,9 @@ serving label. No I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from rayvllm.models.kube import SecretKeyRef
 from rayvllm.models.spec import VLLMClusterSpec
@@ -31,16 +32,35 @@ class Missing:
 
     misses: int
     """Looks in a row that did not find it."""
-    skip: int
-    """Passes still to go before the next look (passes run about once a resync while nothing happens)."""
+    looked_at: datetime
+    """When the last look was."""
+
+    def wait_seconds(self, resync_seconds: float) -> float:
+        """How long after the last look the next one is due."""
+        return resync_seconds * backoff_resyncs(self.misses)
 
 
-def after_look(previous: Missing | None, found: bool) -> Missing | None:
-    """The record after a GET of the Secret: gone once found, else one more miss and its backoff."""
+def after_look(previous: Missing | None, found: bool, now: datetime) -> Missing | None:
+    """The record after a GET of the Secret: gone once found, else one more miss."""
     if found:
         return None
-    misses = (previous.misses if previous else 0) + 1
-    return Missing(misses, backoff_resyncs(misses) - 1)
+    return Missing((previous.misses if previous else 0) + 1, now)
+
+
+def look_due(record: Missing | None, now: datetime, resync_seconds: float, jitter: float) -> bool:
+    """Whether to GET the Secret in this pass. The loop spreads its wake-ups by up to `jitter` of the wait
+    either way, so a pass that comes that much early looks too, rather than leaving the look to one more
+    pass right after."""
+    if record is None:
+        return True
+    elapsed = (now - record.looked_at).total_seconds()
+    return elapsed >= record.wait_seconds(resync_seconds) * (1 - jitter)
+
+
+def next_look_in(records: Iterable[Missing], now: datetime, resync_seconds: float) -> float | None:
+    """Seconds until the soonest next look among `records` (0 when one is due); None without any."""
+    waits = [r.wait_seconds(resync_seconds) - (now - r.looked_at).total_seconds() for r in records]
+    return max(min(waits), 0.0) if waits else None
 
 
 @dataclass(frozen=True)

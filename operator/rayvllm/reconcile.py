@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -48,9 +48,12 @@ from rayvllm.models.spec import VLLMClusterSpec
 from rayvllm.models.status import ConditionType, EngineStatus, Phase, RayResourcesStatus, VLLMClusterStatus
 from rayvllm.observed import PodCounts, PodView, count_pods, live_workers, newer, resource_version
 from rayvllm.plans import (
+    BACKOFF_LIMIT,
     Missing,
     after_look,
     backoff_resyncs,
+    look_due,
+    next_look_in,
     secret_problems,
     secret_uses,
     secret_values,
@@ -229,14 +232,15 @@ async def read_secrets(p: Pass, io: Clients) -> None:
     missing = p.memory.missing_secrets
     for gone in set(missing) - set(names):
         del missing[gone]
+    resync, jitter = p.settings.resync_seconds, p.settings.resync_jitter
     for name in names:
         before = missing.pop(name, None)
-        if before is not None and before.skip > 0:
-            missing[name] = replace(before, skip=before.skip - 1)
+        if before is not None and not look_due(before, p.now, resync, jitter):
+            missing[name] = before
             p.secrets[name] = None
             continue
         p.secrets[name] = await io.kube.read_secret(p.ref.namespace, name)
-        after = after_look(before, found=p.secrets[name] is not None)
+        after = after_look(before, found=p.secrets[name] is not None, now=p.now)
         if after is not None:
             missing[name] = after
     p.problems += secret_problems(p.ref.namespace, uses, p.secrets)
@@ -248,7 +252,12 @@ async def apply_ray_cluster(p: Pass, io: Clients) -> None:
     if observed is not None and observed.get("metadata", {}).get("deletionTimestamp"):
         observed = None  # being deleted (e.g. by hand): GC finishes it, the watch tells us, we recreate
     if p.problems and observed is None:
-        # Children that cannot work are not created; the problem is reported and rechecked each resync.
+        # Children that cannot work are not created. Nothing exists to supervise, so the next pass is due
+        # when a missing Secret is next looked for (a spec edit or a child's event wakes it sooner); the
+        # other problems are rechecked then too.
+        wait = next_look_in(p.memory.missing_secrets.values(), p.now, p.settings.resync_seconds)
+        if wait is not None and wait > p.settings.resync_seconds:
+            p.outcome.requeue_after = wait
         return
     spec, pods = p.spec, p.children.pods
     workers = plan_workers(spec, p.engines, live_workers(pods))
@@ -350,7 +359,11 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
         return
     cluster_ready = p.pods is not None and p.pods.head_ready and p.pods.ready_workers >= spec.desired_workers
     if not cluster_ready and not p.engines:
-        return  # nothing runs yet and nothing may start: no need to ask Ray (the pods' watch wakes us)
+        # Nothing runs yet and nothing may start: no need to ask Ray, nor to look again each resync, as the
+        # pods' watch wakes the loop when one becomes ready or is placed (an unschedulable worker waits for
+        # a node). The look after BACKOFF_LIMIT resyncs is a safety net for a lost watch event.
+        p.outcome.requeue_after = p.settings.resync_seconds * BACKOFF_LIMIT
+        return
     api_key_ref = spec.engine.api_key_secret_ref
     ctx = EngineContext(
         ref=p.ref,

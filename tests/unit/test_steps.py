@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -24,13 +24,23 @@ from rayvllm.plans import (
     Missing,
     after_look,
     backoff_resyncs,
+    look_due,
+    next_look_in,
     secret_problems,
     secret_uses,
     secret_values,
     serving_changes,
 )
 from rayvllm.reasons import Reason
-from rayvllm.reconcile import Children, Clients, Memory, Pass, apply_ray_cluster
+from rayvllm.reconcile import (
+    Children,
+    Clients,
+    Memory,
+    Pass,
+    apply_ray_cluster,
+    read_secrets,
+    supervise_engines,
+)
 from rayvllm.settings import Settings
 from rayvllm.status import (
     Observation,
@@ -314,26 +324,84 @@ def test_a_refused_child_is_said_in_status_and_not_sent_again() -> None:
     assert status.phase == Phase.FAILED
 
 
-@pytest.mark.parametrize(
-    ("looks", "expected"),
-    [
-        # Each miss in a row waits longer before the next look: 1, 2, 4, then every 4 resyncs.
-        ([False], Missing(1, 0)),
-        ([False, False], Missing(2, 1)),
-        ([False, False, False], Missing(3, 3)),
-        ([False] * 6, Missing(6, 3)),
-        ([False, False, True], None),
-        ([True], None),
-    ],
-)
-def test_a_missing_secret_is_looked_for_again_with_backoff(
-    looks: list[bool], expected: Missing | None
-) -> None:
-    record: Missing | None = None
-    for found in looks:
-        record = after_look(record, found)
-    assert record == expected
+def test_a_missing_secret_is_looked_for_again_with_backoff() -> None:
+    """1, 2, 4, then every 4 resyncs after the last miss; a pass that comes early by the loop's jitter
+    looks too; found, the record is gone."""
+    resync, jitter = 15.0, 0.2
+    record = None
+    looked = []
+    for second in range(0, 400):
+        now = T0 + timedelta(seconds=second)
+        if look_due(record, now, resync, jitter):
+            looked.append(second)
+            record = after_look(record, found=False, now=now)
+    # Due at 0, then 0.8 x (15, 30, 60, 60, ...) after each look.
+    assert looked[:6] == [0, 12, 36, 84, 132, 180], looked
+    assert record is not None and record.misses == len(looked)
+    assert after_look(record, found=True, now=T0) is None
+
+
+def test_the_next_look_is_the_soonest_of_the_missing_secrets() -> None:
+    now = T0 + timedelta(seconds=100)
+    once = Missing(1, T0 + timedelta(seconds=95))  # due 15 s after its look: in 10 s
+    often = Missing(5, T0 + timedelta(seconds=70))  # due 60 s after its look: in 30 s
+    assert next_look_in([once, often], now, 15.0) == 10.0
+    assert next_look_in([often], now, 15.0) == 30.0
+    assert next_look_in([Missing(1, T0)], now, 15.0) == 0.0
+    assert next_look_in([], now, 15.0) is None
+
+
+class _SecretlessKube:
+    """A Kubernetes in which no Secret exists, counting the GETs."""
+
+    def __init__(self) -> None:
+        self.gets = 0
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        self.gets += 1
+        return None
+
+
+def test_an_object_waiting_for_its_secret_passes_only_when_the_secret_is_next_looked_for() -> None:
+    """Nothing exists to supervise while the Secret is missing: the pass asks to come back at the next look
+    (once that is more than a resync away), and a pass that comes sooner (woken by an edit) does not GET."""
+    spec = SPEC  # two Secrets (the HF token and the API key), neither of which exists
+    kube = _SecretlessKube()
+    io = cast(Clients, SimpleNamespace(kube=kube))
+    memory = Memory()
+    body = {"metadata": {"namespace": "team", "name": "llama", "uid": "uid-1", "generation": 1}}
+    settings = Settings()
+    requeues = []
+    now = T0
+    for _ in range(5):
+        p = Pass(ClusterRef.of(body), body, settings, now, Children(), memory, None, spec=spec)
+        asyncio.run(read_secrets(p, io))
+        asyncio.run(apply_ray_cluster(p, io))
+        assert [problem.reason for problem in p.problems] == [Reason.SECRET_NOT_FOUND] * 2
+        requeues.append(p.outcome.requeue_after)
+        last, now = now, now + timedelta(seconds=p.outcome.requeue_after or settings.resync_seconds)
+    resync = settings.resync_seconds
+    assert requeues == [None, 2 * resync, 4 * resync, 4 * resync, 4 * resync], requeues
+    assert kube.gets == 2 * 5
+    # Woken early (an edit of something else): no GET before the look is due.
+    p = Pass(
+        ClusterRef.of(body), body, settings, last + timedelta(seconds=1), Children(), memory, None, spec=spec
+    )
+    asyncio.run(read_secrets(p, io))
+    assert kube.gets == 2 * 5
 
 
 def test_backoff_is_capped() -> None:
     assert [backoff_resyncs(n) for n in range(1, 7)] == [1, 2, 4, BACKOFF_LIMIT, BACKOFF_LIMIT, BACKOFF_LIMIT]
+
+
+def test_a_cluster_not_ready_with_no_engine_waits_for_its_pods_watch() -> None:
+    """Nothing runs and nothing may start (an unschedulable worker, pods still starting): the pass asks Ray
+    nothing and comes back after BACKOFF_LIMIT resyncs at the latest; the pods' watch wakes it sooner."""
+    body = {"metadata": {"namespace": "team", "name": "llama", "uid": "uid-1", "generation": 1}}
+    settings = Settings()
+    p = Pass(ClusterRef.of(body), body, settings, T0, Children(), Memory(), None, spec=SPEC)
+    p.ray_cluster = {"metadata": {"name": "llama"}}
+    asyncio.run(supervise_engines(p, cast(Clients, SimpleNamespace())))
+    assert p.outcome.requeue_after == settings.resync_seconds * BACKOFF_LIMIT
+    assert p.engines == [] and p.loads is None
