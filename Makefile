@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator
 
-.PHONY: venv node-packages tools ray-env cluster-up cluster-down lint typecheck unit test day2 demo demo-down bench clean
+.PHONY: venv node-packages tools ray-env cluster-up cluster-down lint typecheck unit test day2 chaos demo demo-down bench clean
 
 $(PY): pyproject.toml requirements.lock
 	$(PYTHON) -m pip install -q uv==0.13.8
@@ -58,6 +58,10 @@ test: venv tools ray-env lint typecheck
 ## day2: the heavy day-2 runs on real pods (autoscaling under a load ramp), left out of `make test`
 day2: venv tools ray-env
 	bash hack/run-tests.sh tests -m day2
+
+## chaos: the full chaos suite on real pods (100 operator kills, ...); prints its table. `make test` runs a reduced one
+chaos: venv tools ray-env
+	RAYVLLM_CHAOS=full bash hack/run-tests.sh tests -m chaos
 
 ## demo: the operator end to end on this machine; prints a completion served through it. DOWN=1 stops all after.
 demo: venv tools ray-env

@@ -1,0 +1,230 @@
+"""Chaos: the in-cluster operator SIGKILLed at random 2-8 s intervals while VLLMClusters are created,
+served under load, (in the full run) scaled 1 -> 2 -> 1 and given new engine settings, then deleted.
+
+One real VLLMCluster on real pods carries an HF token and an API key from a Secret; beside it, objects that
+never get a pod (their pods select no node: the control plane alone, nothing dials a fake pod address)
+ride the same storm. Invariants:
+- per engine replica and generation Ray never has two live jobs, and every submission is the one its
+  record accounts for (attempt 0: no engine was restarted because the operator was);
+- the endpoint Service never loses its endpoints and no request fails while the engine is healthy;
+- once the storm ends every object settles where it would have without it (a twin object created before
+  the storm is the yardstick);
+- after delete nothing is left: no RayCluster, Service, pod, vLLM process, or VLLMCluster held by a finalizer;
+- no secret value appears in any operator instance's log, the status, the Events or the RayCluster.
+
+`RAYVLLM_CHAOS=full` (make chaos): 100 kills, 50 pod-less objects, scale and settings change included; the
+reduced run (make test) keeps every step of the storm's kind with fewer kills and objects.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from hack.localcluster.helm_release import OperatorRelease
+from tests.e2e.chaos import (
+    FULL,
+    TABLE,
+    ChaosRow,
+    OperatorStorm,
+    Watch,
+    secret_hits,
+    status_shape,
+    submission_parts,
+)
+from tests.e2e.realnode import RealNodeWorld, pods_of
+from tests.e2e.serving import (
+    READY_TIMEOUT,
+    Load,
+    endpoint,
+    engine_server_pids,
+    engines,
+    manifest,
+    vllm,
+    wait_ready,
+    worker_pods,
+)
+from tests.support.kube import Kube
+from tests.support.wait import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+
+HF_TOKEN = "hf_chaosStormTokenNeverLogged0123456789"
+API_KEY = "sk-chaos-storm-key-never-logged-0123456789"
+SERVED = "tiny-llama"
+NOWHERE = {"rayvllm.io/chaos": "no-such-node"}
+PODLESS = 50 if FULL else 8
+KILLS = 100 if FULL else 40  # the reduced run's bound; it must reach at least MIN_KILLS
+MIN_KILLS = 10
+SERVE_SECONDS = 60.0 if FULL else 40.0
+
+
+def podless(name: str, real_node: RealNodeWorld) -> dict[str, Any]:
+    body = manifest(name, real_node)
+    for group in ("head", "worker"):
+        body["spec"]["ray"][group]["nodeSelector"] = dict(NOWHERE)
+    return body
+
+
+def operator_ready(release: OperatorRelease) -> bool:
+    pod = release.pod()
+    conditions = ((pod or {}).get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def settled_like(kube: Kube, namespace: str, names: list[str], shape: dict[str, Any]) -> list[str]:
+    """The objects among `names` whose status does not yet have `shape`."""
+    listed = kube.get_json("vllmclusters", "-n", namespace)["items"]
+    by_name = {o["metadata"]["name"]: o for o in listed}
+    return [n for n in names if n not in by_name or status_shape(by_name[n]) != shape]
+
+
+@pytest.mark.timeout(3600 if FULL else 1500)
+def test_operator_restart_storm(
+    kube: Kube,
+    namespace: str,
+    volumes: None,
+    in_cluster_operator: OperatorRelease,
+    real_node: RealNodeWorld,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = "storm"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "storm-credentials"},
+        "stringData": {"hf-token": HF_TOKEN, "api-key": API_KEY},
+    }
+    kube.apply(secret, namespace)
+    body = manifest(name, real_node)
+    body["spec"]["model"]["hfTokenSecretRef"] = {"name": "storm-credentials", "key": "hf-token"}
+    body["spec"]["engine"]["apiKeySecretRef"] = {"name": "storm-credentials", "key": "api-key"}
+
+    # The yardstick: a pod-less object settled by an operator left alone.
+    kube.apply(podless("yardstick", real_node), namespace)
+    shape = wait_for(
+        lambda: (s := status_shape(vllm(kube, namespace, "yardstick")))["phase"] and s,
+        timeout=60,
+        what="the yardstick object's status",
+    )
+    time.sleep(6)  # three resyncs: the shape it keeps, not a first impression
+    shape = status_shape(vllm(kube, namespace, "yardstick"))
+    crowd = [f"crowd-{i}" for i in range(PODLESS)]
+    row = ChaosRow("operator restart storm")
+    load_sent = load_failed = 0
+    storm_logs: list[str] = []
+
+    with Watch(kube, namespace, name) as watch:
+        # 1. Create, serve, (full: scale and change) under the storm.
+        with OperatorStorm(in_cluster_operator, limit=KILLS, seed=1) as storm:
+            items = [body, *(podless(n, real_node) for n in crowd)]
+            kube.apply({"apiVersion": "v1", "kind": "List", "items": items}, namespace)
+            wait_ready(kube, namespace, name)
+            watch.serving.set()
+            base_url = endpoint(kube, namespace, name)
+            with Load(base_url, SERVED, rate=2.0, limit=2000, api_key=API_KEY) as load:
+                serve_until = time.monotonic() + SERVE_SECONDS
+                while time.monotonic() < serve_until or storm.kills < MIN_KILLS:
+                    assert time.monotonic() < serve_until + 120, f"only {storm.kills} kills in the window"
+                    time.sleep(1)
+                if FULL:
+                    kube.kubectl("scale", "vllm", name, "-n", namespace, "--replicas=2")
+                    wait_ready(kube, namespace, name, replicas=2)
+                    kube.kubectl("scale", "vllm", name, "-n", namespace, "--replicas=1")
+                    wait_ready(kube, namespace, name, replicas=1)
+                    wait_for(
+                        lambda: len(worker_pods(kube, namespace, name, terminating=False)) == 1,
+                        timeout=READY_TIMEOUT,
+                        what="the retired engine's worker pod to go",
+                    )
+            load_sent, load_failed = load.sent, len(load.failures)
+            failures = load.failures[:5]
+            watch.serving.clear()
+            if FULL:
+                # Recreate: the endpoint goes dark by design while the new generation loads, so no load.
+                generation = vllm(kube, namespace, name)["metadata"]["generation"]
+                kube.kubectl(
+                    "patch", "vllm", name, "-n", namespace, "--type=merge",
+                    "-p", '{"spec":{"engine":{"maxModelLen":128}}}',
+                )  # fmt: skip
+                wait_for(
+                    lambda: (
+                        f"-g{generation + 1}-a0-"
+                        in (engines(vllm(kube, namespace, name)).get(0) or {}).get("submissionId", "")
+                        and engines(vllm(kube, namespace, name))[0].get("ready")
+                    ),
+                    timeout=READY_TIMEOUT,
+                    what="the engine recreated with the new settings",
+                )
+        storm_logs += storm.logs
+        row.faults += storm.kills
+        assert not storm.errors, storm.errors
+
+        # 2. The storm is over: everything settles where it would have without it.
+        ended = time.monotonic()
+        wait_for(lambda: operator_ready(in_cluster_operator), timeout=180, what="an operator pod Ready")
+        wait_ready(kube, namespace, name)
+        wait_for(
+            lambda: not settled_like(kube, namespace, crowd, shape),
+            timeout=180,
+            interval=1,
+            what=f"every pod-less object settled as {shape}",
+        )
+        row.heal_seconds = time.monotonic() - ended
+
+    obj = vllm(kube, namespace, name)
+    row.requests_sent, row.requests_failed = load_sent, load_failed
+    row.duplicate_submissions = watch.most_duplicates
+    per_engine = Counter(parts[:2] for sid in watch.submissions if (parts := submission_parts(sid)))
+    restarted = [sid for sid in watch.submissions if (parts := submission_parts(sid)) and parts[2] > 0]
+    leaked = secret_hits(
+        [
+            *storm_logs,
+            in_cluster_operator.logs(),
+            json.dumps(obj.get("status")),
+            json.dumps(kube.get_json("events", "-n", namespace)),
+            json.dumps(kube.get_json("raycluster", name, "-n", namespace)),
+        ],
+        [HF_TOKEN, API_KEY],
+    )
+
+    # 3. Delete everything under a second, shorter storm: nothing is left.
+    with OperatorStorm(in_cluster_operator, limit=20 if FULL else 5, seed=2) as delete_storm:
+        kube.kubectl("delete", "vllm", "--all", "-n", namespace, "--wait=false")
+        deleted = time.monotonic()
+
+        def leftovers() -> dict[str, int]:
+            kinds = ("vllmclusters", "rayclusters", "services", "pods")
+            counts = {k: len(kube.get_json(k, "-n", namespace)["items"]) for k in kinds}
+            counts["vllm processes"] = len(engine_server_pids(SERVED))
+            return {k: v for k, v in counts.items() if v}
+
+        try:
+            wait_for(lambda: not leftovers(), timeout=420, interval=2, what="nothing left after delete")
+        finally:
+            delete_storm.stop()
+            row.orphans = sum(leftovers().values())
+    row.faults += delete_storm.kills
+    row.notes = (
+        f"{len(crowd) + 1} pod-less objects; heal = storm end to all settled; "
+        f"delete under {delete_storm.kills} more kills took {time.monotonic() - deleted:.0f}s; "
+        f"Service dark in {watch.dark_samples}/{watch.samples} samples; secret hits {leaked}"
+    )
+    TABLE.append(row)
+    with capsys.disabled():
+        print(f"\n[chaos] {row}")
+
+    assert row.faults - delete_storm.kills >= MIN_KILLS
+    assert row.requests_failed == 0, failures
+    assert watch.dark_samples == 0, f"the Service lost its endpoints in {watch.dark_samples} samples"
+    assert row.duplicate_submissions == 0
+    assert per_engine and all(n == 1 for n in per_engine.values()), sorted(watch.submissions)
+    assert not restarted, f"engines restarted during the storm: {restarted}"
+    assert all(e.get("restarts", 0) == 0 for e in engines(obj).values()), engines(obj)
+    assert row.orphans == 0
+    assert leaked == 0
+    assert not pods_of(kube, namespace, name)
