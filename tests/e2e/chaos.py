@@ -104,6 +104,8 @@ class OperatorStorm:
     high: float = 8.0
     seed: int = 0
     kills: int = 0
+    """Operator pods killed (a pod still starting has no process yet: it is deleted all the same)."""
+    processes_killed: int = 0
     logs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -142,6 +144,7 @@ class OperatorStorm:
             for pid in container_pids(container_id) if container_id else []:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+                    self.processes_killed += 1
         self.release.kubectl(
             "delete", "pod", "-n", self.release.namespace, name, "--force", "--grace-period=0", "--wait=false",
             check=False,
