@@ -375,7 +375,7 @@ def test_head_pod_deleted_with_gcs_fault_tolerance(
                 except Exception:  # the new head's dashboard not answering yet
                     return None
 
-            jobs = wait_for(
+            first_jobs = wait_for(
                 ray_back, timeout=HEAD_BACK_TIMEOUT, interval=1, what="Ray answering from a new head"
             )
             row.heal_seconds = time.monotonic() - faulted
@@ -401,7 +401,8 @@ def test_head_pod_deleted_with_gcs_fault_tolerance(
         [REDIS_PASSWORD],
     )
     row.notes = (
-        f"engine survived: {survived} (restarts {after['restarts']}); "
+        f"engine survived: {survived} (restarts {after['restarts']}; its job known to the new head at "
+        f"once: {before['submissionId'] in first_jobs}); "
         f"RayDashboardUnreachable seen: {seen_unreachable}; "
         f"Service dark in {watch.dark_samples}/{watch.samples} samples; first failures {failures}; "
         f"heal = head deleted to Ray answering with the job; Redis password hits {leaked}"
