@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -151,6 +151,19 @@ def wait_for_old_processes_gone(served: Served, processes_when_ready: int, timeo
     )
 
 
+@contextmanager
+def under_load(kube: Kube, namespace: str, served: Served, row: ChaosRow) -> Iterator[tuple[Watch, Load]]:
+    """While the block runs: the steady load through the endpoint Service, and the Ray jobs sampled (and
+    the Service's darkness counted). After it, `row` has the requests sent and failed and the most
+    duplicate submissions seen at once."""
+    with Watch(kube, namespace, served.name) as watch:
+        watch.serving.set()
+        with Load(endpoint(kube, namespace, served.name), served.name, rate=2.0, limit=LOAD_LIMIT) as load:
+            yield watch, load
+    row.requests_sent, row.requests_failed = load.sent, len(load.failures)
+    row.duplicate_submissions = watch.most_duplicates
+
+
 def record(row: ChaosRow, capsys: pytest.CaptureFixture[str]) -> None:
     TABLE.append(row)
     with capsys.disabled():
@@ -176,47 +189,43 @@ def test_worker_pod_deleted_while_serving(
     kept_sent = 0
     kept_failures: list[str] = []
 
-    with Watch(kube, namespace, served.name) as watch:
-        watch.serving.set()
-        with Load(endpoint(kube, namespace, served.name), served.name, rate=2.0, limit=LOAD_LIMIT) as load:
-            for force in (False, True):
-                before = engines(vllm(kube, namespace, served.name))[lost_index]
-                with ExitStack() as stack:
-                    # The kept engine asked straight at its own address: none of its requests may fail.
-                    direct = (
-                        stack.enter_context(Load(kept["url"], served.name, rate=1.0, limit=LOAD_LIMIT))
-                        if kept
-                        else None
-                    )
-                    how = ["--force", "--grace-period=0"] if force else []
-                    kube.kubectl("delete", "pod", before["podName"], "-n", namespace, "--wait=false", *how)
-                    faulted = time.monotonic()
-                    row.faults += 1
-                    obj = wait_for(
-                        partial(
-                            resubmitted_and_ready, kube, namespace, served, lost_index, before["submissionId"]
-                        ),
-                        timeout=restart_bound(served, before["restarts"]),
-                        interval=1,
-                        what=f"engine {lost_index} resubmitted and Ready after its pod was deleted",
-                    )
-                    heals.append(time.monotonic() - faulted)
-                    wait_for(
-                        lambda: len(serving_ips(kube, namespace, served.name)) == served.replicas,
-                        timeout=60,
-                        what="the Service on every engine again",
-                    )
-                if direct:
-                    kept_sent += direct.sent
-                    kept_failures += direct.failures
-                after = engines(obj)[lost_index]
-                assert after["podName"] != before["podName"], after
-                assert after["restarts"] == before["restarts"] + 1, after
-        row.requests_sent, row.requests_failed = load.sent, len(load.failures)
-        failures = load.failures[:5]
+    with under_load(kube, namespace, served, row) as (watch, load):
+        for force in (False, True):
+            before = engines(vllm(kube, namespace, served.name))[lost_index]
+            with ExitStack() as stack:
+                # The kept engine asked straight at its own address: none of its requests may fail.
+                direct = (
+                    stack.enter_context(Load(kept["url"], served.name, rate=1.0, limit=LOAD_LIMIT))
+                    if kept
+                    else None
+                )
+                how = ["--force", "--grace-period=0"] if force else []
+                kube.kubectl("delete", "pod", before["podName"], "-n", namespace, "--wait=false", *how)
+                faulted = time.monotonic()
+                row.faults += 1
+                obj = wait_for(
+                    partial(
+                        resubmitted_and_ready, kube, namespace, served, lost_index, before["submissionId"]
+                    ),
+                    timeout=restart_bound(served, before["restarts"]),
+                    interval=1,
+                    what=f"engine {lost_index} resubmitted and Ready after its pod was deleted",
+                )
+                heals.append(time.monotonic() - faulted)
+                wait_for(
+                    lambda: len(serving_ips(kube, namespace, served.name)) == served.replicas,
+                    timeout=60,
+                    what="the Service on every engine again",
+                )
+            if direct:
+                kept_sent += direct.sent
+                kept_failures += direct.failures
+            after = engines(obj)[lost_index]
+            assert after["podName"] != before["podName"], after
+            assert after["restarts"] == before["restarts"] + 1, after
+    failures = load.failures[:5]
     wait_for_old_processes_gone(served, processes, OLD_ATTEMPT_GONE_TIMEOUT)
     live = live_jobs_per_replica(jobs_of(kube, namespace, served.name))
-    row.duplicate_submissions = watch.most_duplicates
     row.orphans = leftovers(kube, namespace, served, processes)
     row.heal_seconds = max(heals)
     row.notes = (
@@ -253,27 +262,23 @@ def test_head_pod_deleted_without_gcs_fault_tolerance(
     head = pod_of_role(kube, namespace, served.name, "head")
     row = ChaosRow("head pod deleted, no GCS fault tolerance")
 
-    with Watch(kube, namespace, served.name) as watch:
-        watch.serving.set()
-        with Load(endpoint(kube, namespace, served.name), served.name, rate=2.0, limit=LOAD_LIMIT) as load:
-            time.sleep(2)
-            kube.kubectl("delete", "pod", head, "-n", namespace, "--wait=false")
-            faulted = time.monotonic()
-            row.faults = 1
-            obj = wait_for(
-                lambda: resubmitted_and_ready(kube, namespace, served, 0, before["submissionId"]),
-                timeout=HEAD_BACK_TIMEOUT + restart_bound(served, before["restarts"]),
-                interval=1,
-                what="the engine resubmitted to the new head and Ready",
-            )
-            row.heal_seconds = time.monotonic() - faulted
-        row.requests_sent, row.requests_failed = load.sent, len(load.failures)
-        failures = load.failures[:2]
+    with under_load(kube, namespace, served, row) as (watch, load):
+        time.sleep(2)
+        kube.kubectl("delete", "pod", head, "-n", namespace, "--wait=false")
+        faulted = time.monotonic()
+        row.faults = 1
+        obj = wait_for(
+            lambda: resubmitted_and_ready(kube, namespace, served, 0, before["submissionId"]),
+            timeout=HEAD_BACK_TIMEOUT + restart_bound(served, before["restarts"]),
+            interval=1,
+            what="the engine resubmitted to the new head and Ready",
+        )
+        row.heal_seconds = time.monotonic() - faulted
+    failures = load.failures[:2]
     wait_for_old_processes_gone(served, processes, OLD_ATTEMPT_GONE_TIMEOUT)
     after = engines(obj)[0]
     new_head = pod_of_role(kube, namespace, served.name, "head")
     live = live_jobs_per_replica(jobs_of(kube, namespace, served.name))
-    row.duplicate_submissions = watch.most_duplicates
     row.orphans = leftovers(kube, namespace, served, processes)
     row.notes = (
         f"Service dark in {watch.dark_samples}/{watch.samples} samples; first failures {failures}; "
@@ -348,48 +353,44 @@ def test_head_pod_deleted_with_gcs_fault_tolerance(
     row = ChaosRow("head pod deleted, GCS fault tolerance (Redis)")
     seen_unreachable = False
 
-    with Watch(kube, namespace, served.name) as watch:
-        watch.serving.set()
-        with Load(endpoint(kube, namespace, served.name), served.name, rate=2.0, limit=LOAD_LIMIT) as load:
-            time.sleep(2)
-            kube.kubectl("delete", "pod", head, "-n", namespace, "--wait=false")
-            faulted = time.monotonic()
-            row.faults = 1
+    with under_load(kube, namespace, served, row) as (watch, load):
+        time.sleep(2)
+        kube.kubectl("delete", "pod", head, "-n", namespace, "--wait=false")
+        faulted = time.monotonic()
+        row.faults = 1
 
-            def ray_back() -> dict[str, str] | None:
-                nonlocal seen_unreachable
-                current = vllm(kube, namespace, served.name)
-                unreachable = any(
-                    c.get("reason") == "RayDashboardUnreachable" for c in conditions(current).values()
-                )
-                seen_unreachable |= unreachable
-                # The old head gone and a new one Ready: before, the old head may still answer while it stops.
-                pods = pods_of(kube, namespace, served.name)
-                heads = [p for p in pods if p["metadata"]["labels"].get("ray.io/node-type") == "head"]
-                if unreachable or not heads or not all(running_on(p, real_node.node_name) for p in heads):
-                    return None
-                if any(p["metadata"]["name"] == head for p in heads):
-                    return None
-                try:
-                    return jobs_of(kube, namespace, served.name) or None
-                except Exception:  # the new head's dashboard not answering yet
-                    return None
-
-            first_jobs = wait_for(
-                ray_back, timeout=HEAD_BACK_TIMEOUT, interval=1, what="Ray answering from a new head"
+        def ray_back() -> dict[str, str] | None:
+            nonlocal seen_unreachable
+            current = vllm(kube, namespace, served.name)
+            unreachable = any(
+                c.get("reason") == "RayDashboardUnreachable" for c in conditions(current).values()
             )
-            row.heal_seconds = time.monotonic() - faulted
-            # A restart decided on the first passes after the head is back would show within a few resyncs.
-            time.sleep(10 * E2E_SETTINGS["resyncSeconds"])
-        row.requests_sent, row.requests_failed = load.sent, len(load.failures)
-        failures = load.failures[:2]
+            seen_unreachable |= unreachable
+            # The old head gone and a new one Ready: before, the old head may still answer while it stops.
+            pods = pods_of(kube, namespace, served.name)
+            heads = [p for p in pods if p["metadata"]["labels"].get("ray.io/node-type") == "head"]
+            if unreachable or not heads or not all(running_on(p, real_node.node_name) for p in heads):
+                return None
+            if any(p["metadata"]["name"] == head for p in heads):
+                return None
+            try:
+                return jobs_of(kube, namespace, served.name) or None
+            except Exception:  # the new head's dashboard not answering yet
+                return None
+
+        first_jobs = wait_for(
+            ray_back, timeout=HEAD_BACK_TIMEOUT, interval=1, what="Ray answering from a new head"
+        )
+        row.heal_seconds = time.monotonic() - faulted
+        # A restart decided on the first passes after the head is back would show within a few resyncs.
+        time.sleep(10 * E2E_SETTINGS["resyncSeconds"])
+    failures = load.failures[:2]
     after_obj = vllm(kube, namespace, served.name)
     after = engines(after_obj)[0]
     jobs = jobs_of(kube, namespace, served.name)
     survived = (
         after["submissionId"] == before["submissionId"] and jobs.get(before["submissionId"]) == "RUNNING"
     )
-    row.duplicate_submissions = watch.most_duplicates
     row.orphans = sum(max(0, n - 1) for n in live_jobs_per_replica(jobs).values())
     leaked = secret_hits(
         [
@@ -438,28 +439,25 @@ def test_worker_container_restarted_in_place(
     assert running, pod["status"].get("containerStatuses")
     row = ChaosRow("worker container restarted in place")
 
-    with Watch(kube, namespace, served.name) as watch:
-        watch.serving.set()
-        with Load(endpoint(kube, namespace, served.name), served.name, rate=2.0, limit=LOAD_LIMIT) as load:
-            time.sleep(2)
-            with RouteWatch(kube, namespace, served.name, before["podName"], ip) as routes:
-                killed = kill_container(running)
-                faulted = time.monotonic()
-                row.faults = 1
-                obj = wait_for(
-                    lambda: resubmitted_and_ready(kube, namespace, served, 0, before["submissionId"]),
-                    timeout=restart_bound(served, before["restarts"]),
-                    interval=1,
-                    what="the engine resubmitted in the restarted container and Ready",
-                )
-                row.heal_seconds = time.monotonic() - faulted
-                wait_for(
-                    lambda: ip in serving_ips(kube, namespace, served.name),
-                    timeout=60,
-                    what="the pod back in the Service",
-                )
-        row.requests_sent, row.requests_failed = load.sent, len(load.failures)
-        failures = load.failures[:2]
+    with under_load(kube, namespace, served, row) as (_watch, load):
+        time.sleep(2)
+        with RouteWatch(kube, namespace, served.name, before["podName"], ip) as routes:
+            killed = kill_container(running)
+            faulted = time.monotonic()
+            row.faults = 1
+            obj = wait_for(
+                lambda: resubmitted_and_ready(kube, namespace, served, 0, before["submissionId"]),
+                timeout=restart_bound(served, before["restarts"]),
+                interval=1,
+                what="the engine resubmitted in the restarted container and Ready",
+            )
+            row.heal_seconds = time.monotonic() - faulted
+            wait_for(
+                lambda: ip in serving_ips(kube, namespace, served.name),
+                timeout=60,
+                what="the pod back in the Service",
+            )
+    failures = load.failures[:2]
     wait_for_old_processes_gone(served, processes, OLD_ATTEMPT_GONE_TIMEOUT)
     pod = kube.get_json("pod", before["podName"], "-n", namespace)
     after = engines(obj)[0]
@@ -468,7 +466,6 @@ def test_worker_container_restarted_in_place(
     pod_ready_engine_not = sum(
         s.pod_ready and not s.engine_answers for s in samples if s.after >= NOTICE_SECONDS
     )
-    row.duplicate_submissions = watch.most_duplicates
     row.orphans = leftovers(kube, namespace, served, processes)
     row.notes = (
         f"{killed} processes killed; {len(samples)} route samples, {len(wrong)} misrouted; "
