@@ -208,6 +208,7 @@ class Watch(Background):
     interval: float = 2.0
     serving: threading.Event = field(default_factory=threading.Event)
     most_duplicates: int = 0
+    worst: dict[str, str] = field(default_factory=dict)  # the jobs when most_duplicates was seen
     submissions: set[str] = field(default_factory=set)
     dark_samples: int = 0
     samples: int = 0
@@ -224,7 +225,8 @@ class Watch(Background):
         except Exception:  # no Ray cluster yet, or its dashboard between restarts: nothing to count
             jobs = {}
         self.submissions |= set(jobs)
-        self.most_duplicates = max(self.most_duplicates, duplicates(jobs))
+        if (seen := duplicates(jobs)) > self.most_duplicates:
+            self.most_duplicates, self.worst = seen, dict(jobs)
         if self.serving.is_set():
             self.samples += 1
             self.dark_samples += not serving_ips(self.kube, self.namespace, self.name)

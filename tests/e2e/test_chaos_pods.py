@@ -236,7 +236,7 @@ def test_worker_pod_deleted_while_serving(
     record(row, capsys)
 
     assert row.faults == 2
-    assert row.duplicate_submissions == 0
+    assert row.duplicate_submissions == 0, f"live together: {watch.worst}"
     assert live == dict.fromkeys(range(served.replicas), 1), live
     assert row.orphans == 0
     if kept:
@@ -291,7 +291,7 @@ def test_head_pod_deleted_without_gcs_fault_tolerance(
     assert JOB_GONE in (after.get("lastFailure") or ""), after
     assert after["restarts"] == before["restarts"] + 1, after
     assert before["submissionId"] not in jobs_of(kube, namespace, served.name)  # the new head never knew it
-    assert row.duplicate_submissions == 0
+    assert row.duplicate_submissions == 0, f"live together: {watch.worst}"
     assert live == {0: 1}, live
     assert row.orphans == 0
 
@@ -416,7 +416,7 @@ def test_head_pod_deleted_with_gcs_fault_tolerance(
     assert (after["submissionId"], after["restarts"]) == (before["submissionId"], before["restarts"]), after
     assert after["ready"] and after_obj["status"]["readyReplicas"] == 1, after_obj["status"]
     assert watch.dark_samples == 0, f"the Service lost its engine in {watch.dark_samples} samples"
-    assert row.duplicate_submissions == 0
+    assert row.duplicate_submissions == 0, f"live together: {watch.worst}"
     assert row.orphans == 0
     assert leaked == 0
 
@@ -439,7 +439,7 @@ def test_worker_container_restarted_in_place(
     assert running, pod["status"].get("containerStatuses")
     row = ChaosRow("worker container restarted in place")
 
-    with under_load(kube, namespace, served, row) as (_watch, load):
+    with under_load(kube, namespace, served, row) as (watch, load):
         time.sleep(2)
         with RouteWatch(kube, namespace, served.name, before["podName"], ip) as routes:
             killed = kill_container(running)
@@ -482,6 +482,6 @@ def test_worker_container_restarted_in_place(
     # and taken off at least once (the fault was seen).
     assert wrong == [], wrong[:5]
     assert any(not s.labelled for s in samples), "the serving label never left the pod"
-    assert row.duplicate_submissions == 0
+    assert row.duplicate_submissions == 0, f"live together: {watch.worst}"
     assert live_jobs_per_replica(jobs_of(kube, namespace, served.name)) == {0: 1}
     assert row.orphans == 0
