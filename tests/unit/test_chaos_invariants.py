@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import dataclass, field
+
 import pytest
 
 from hack.localcluster.workloads import REAL_NODE_SELECTOR, redis
 from rayvllm.engine.job import EngineRef, submission_id
 from tests.e2e.chaos import (
+    Background,
     ChaosRow,
     RouteSample,
     container_id,
@@ -146,3 +151,26 @@ def test_redis_runs_restricted_on_the_real_node_with_its_password_out_of_the_com
     ]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert service["spec"]["ports"][0]["port"] == 6379
+
+
+@dataclass
+class Ticker(Background):
+    ticks: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.ticks += 1
+
+
+def test_background_loops_run_from_the_start_of_the_block_to_its_end() -> None:
+    with Ticker() as ticker:
+        deadline = time.monotonic() + 5
+        while ticker.ticks < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ticker.ticks >= 3
+    stopped = ticker.ticks
+    time.sleep(0.05)
+    assert ticker.ticks == stopped
+    assert ticker._thread is not None and not ticker._thread.is_alive()
