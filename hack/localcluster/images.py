@@ -7,13 +7,16 @@ Debian packages, PyPI and the project's own files, and imported into containerd'
                                        hack/ray-env.sh (requirements-ray.lock) at /opt/ray (ray.Containerfile)
     localhost/rayvllm/operator:<hash>  the project's Dockerfile on a local Debian 12 Python base
                                        (hack/images/python-base.packages) instead of the official python image
+    localhost/rayvllm/redis:<hash>     Debian 12's redis-server (hack/images/redis-base.packages,
+                                       redis.Containerfile): the chaos suite's GCS fault tolerance only, so
+                                       it is built when a test asks for it (`ensure_redis`), not with the rest
 
 Each tag is a hash of the image's inputs, so `refs()` names the images without building anything, and an
 image containerd already holds (unpacked) is skipped. The Debian bases (`localhost/rayvllm/<name>-base:<hash>`)
 are `mmdebstrap --variant=minbase` rootfs tarballs of the machine's own apt sources, committed into
 buildah's storage (see `oci`), where they stay as cache. Every step logs its duration.
 
-    python -m hack.localcluster.images --containerd-address SOCK [--only pause|ray|operator] [--refs]
+    python -m hack.localcluster.images --containerd-address SOCK [--only pause|ray|operator|redis] [--refs]
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ def _packages(base: str) -> list[str]:
 
 
 def base_ref(base: str) -> str:
-    """`python-base` (the operator's) or `ray-base`: a Debian 12 minbase rootfs plus `<base>.packages`."""
+    """`python-base` (the operator's), `ray-base` or `redis-base`: a Debian 12 minbase rootfs plus
+    `<base>.packages`."""
     return f"{PREFIX}/{base}:{_hash(SUITE, *MMDEBSTRAP_OPTIONS, BASE_PATH, *_packages(base))}"
 
 
@@ -109,6 +113,11 @@ def refs() -> Images:
     return Images(
         pause=f"{PREFIX}/pause:{pause}", ray=f"{PREFIX}/ray:{ray}", operator=f"{PREFIX}/operator:{operator}"
     )
+
+
+def redis_ref() -> str:
+    """The Redis image's reference from its inputs alone (not part of `Images`: only one scenario needs it)."""
+    return f"{PREFIX}/redis:{_hash(base_ref('redis-base'), (FILES / 'redis.Containerfile').read_bytes())}"
 
 
 # ---- building ------------------------------------------------------------------------------------------
@@ -252,6 +261,19 @@ def _build_operator(ref: str) -> None:
     )
 
 
+def _build_redis(ref: str) -> None:
+    base = ensure_base("redis-base")
+    with _scratch() as tmp:  # the Containerfile copies nothing: an empty context
+        _step(
+            f"{ref}: buildah bud on {base}",
+            lambda: oci.bud(
+                ref, FILES / "redis.Containerfile", Path(tmp), "--build-arg", f"BASE_IMAGE={base}"
+            ),
+        )
+    checks = [["redis-server", "--version"]]
+    _step(f"{ref}: checking redis-server as user 10003", lambda: oci.verify(ref, checks, "10003:10003"))
+
+
 def _ensure(ref: str, build: Callable[[str], None], address: Path) -> str:
     started = time.monotonic()
     if oci.containerd_has(address, ref):
@@ -284,6 +306,10 @@ def ensure_operator(containerd_address: Path) -> str:
     return _ensure(refs().operator, _build_operator, containerd_address)
 
 
+def ensure_redis(containerd_address: Path) -> str:
+    return _ensure(redis_ref(), _build_redis, containerd_address)
+
+
 def ensure_images(containerd_address: Path) -> Images:
     """Build what is missing and import it into the containerd at `containerd_address`; one build at a time."""
     return Images(
@@ -297,6 +323,7 @@ ENSURE: dict[str, Callable[[Path], str]] = {
     "pause": ensure_pause,
     "ray": ensure_ray,
     "operator": ensure_operator,
+    "redis": ensure_redis,
 }
 
 
@@ -309,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refs", action="store_true", help="print the references (JSON) without building")
     args = parser.parse_args(argv)
     if args.refs:
-        print(json.dumps(asdict(refs()), indent=2))
+        print(json.dumps({**asdict(refs()), "redis": redis_ref()}, indent=2))
         return 0
     if args.containerd_address is None:
         parser.error("--containerd-address is required unless --refs")

@@ -101,3 +101,72 @@ def on_real_node(body: dict[str, Any], ray_image: str) -> dict[str, Any]:
         ray[group]["nodeSelector"] = dict(REAL_NODE_SELECTOR)
         ray[group]["tolerations"] = [dict(REAL_NODE_TOLERATION)]
     return out
+
+
+REDIS_NAME = "redis"
+REDIS_PORT = 6379
+REDIS_USER = 10003  # the numeric user of hack/images/redis.Containerfile
+# The password reaches redis-server as a config line on its standard input (`redis-server -`, a here-document):
+# never in its command line, which every process on the node can read. exec: redis-server is the container's
+# main process and gets the kubelet's SIGTERM.
+_REDIS_START = (
+    f"exec redis-server - --port {REDIS_PORT} --save '' --appendonly no --dir /data <<EOF\n"
+    "requirepass $REDIS_PASSWORD\nEOF\n"
+)
+
+
+def redis(image: str, password_secret: str, password_key: str) -> list[dict[str, Any]]:
+    """A Deployment of one in-memory Redis on the real node and its Service `redis`, for Ray's GCS fault
+    tolerance: restricted Pod Security compatible, the password from a Secret. Nothing is persisted: the
+    scenarios restart Ray's head, never Redis."""
+    labels = {"app.kubernetes.io/name": REDIS_NAME}
+    container = {
+        "name": REDIS_NAME,
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", _REDIS_START],
+        "env": [
+            {
+                "name": "REDIS_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": password_secret, "key": password_key}},
+            }
+        ],
+        "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
+        "readinessProbe": {"tcpSocket": {"port": REDIS_PORT}, "periodSeconds": 2},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+        },
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    }
+    pod_spec = {
+        "nodeSelector": dict(REAL_NODE_SELECTOR),
+        "tolerations": [dict(REAL_NODE_TOLERATION)],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": REDIS_USER,
+            "runAsGroup": REDIS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "data", "emptyDir": {}}],
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": REDIS_NAME, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": REDIS_NAME, "labels": labels},
+        "spec": {"selector": labels, "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": "redis"}]},
+    }
+    return [deployment, service]

@@ -13,12 +13,16 @@ import random
 import re
 import signal
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+
+import httpx
 
 from hack.localcluster.helm_release import OperatorRelease
+from rayvllm.builders.labels import SERVING, SERVING_LABEL
 from tests.e2e.serving import jobs_of, serving_ips
 from tests.support.kube import Kube
 
@@ -76,6 +80,17 @@ def duplicates(jobs: dict[str, str]) -> int:
     return sum(count - 1 for count in live.values() if count > 1)
 
 
+def live_jobs_per_replica(jobs: dict[str, str]) -> dict[int, int]:
+    """Non-terminal Ray jobs of each engine replica, whatever their generation: once healed, each replica
+    must have exactly one."""
+    counted = Counter(
+        parts[0]
+        for sid, status in jobs.items()
+        if status in NON_TERMINAL and (parts := submission_parts(sid))
+    )
+    return dict(counted)
+
+
 def container_pids(container_id: str) -> list[int]:
     """The host pids of a container's processes: those whose cgroup path names the container's id (both the
     systemd and the cgroupfs layouts of containerd do)."""
@@ -91,8 +106,57 @@ def container_pids(container_id: str) -> list[int]:
     return found
 
 
+class Background:
+    """A loop (`_run`, which waits on `_stop` between its steps) in a daemon thread from the start of a `with`
+    block to its end, or to `stop()`."""
+
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+def kill_container(container_id: str) -> int:
+    """SIGKILL every process of a container from this machine (no exec into it: its pid 1 ignores signals
+    sent from inside its own pid namespace); the kubelet then restarts it in the same pod. How many were
+    killed."""
+    killed = 0
+    for pid in container_pids(container_id):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+    return killed
+
+
+def container_id(pod: dict[str, Any], container: str) -> str:
+    """The runtime's id of `container` in `pod` (its status' containerID without the `containerd://`)."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status["name"] == container:
+            return str(status.get("containerID") or "").rpartition("://")[2]
+    return ""
+
+
+def restart_count(pod: dict[str, Any], container: str) -> int:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return sum(int(s.get("restartCount", 0)) for s in statuses if s["name"] == container)
+
+
 @dataclass
-class OperatorStorm:
+class OperatorStorm(Background):
     """SIGKILLs the in-cluster operator at random intervals in [low, high] seconds: its container's processes
     from this machine, then its pod (force, no grace), so a new pod starts at once (a container killed in
     place would meet the kubelet's crash-loop backoff, which grows to minutes). Each instance's log is kept
@@ -111,19 +175,6 @@ class OperatorStorm:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def __enter__(self) -> OperatorStorm:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-
     def _run(self) -> None:
         pace = random.Random(self.seed)
         while self.kills < self.limit and not self._stop.wait(pace.uniform(self.low, self.high)):
@@ -138,13 +189,9 @@ class OperatorStorm:
             return  # the next one is not created yet: nothing to kill this time
         name = pod["metadata"]["name"]
         self.logs.append(self.release.kubectl("logs", "-n", self.release.namespace, name, check=False))
-        statuses = (pod.get("status") or {}).get("containerStatuses") or []
-        for status in statuses:
-            container_id = (status.get("containerID") or "").rpartition("://")[2]
-            for pid in container_pids(container_id) if container_id else []:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                    self.processes_killed += 1
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if running := (status.get("containerID") or "").rpartition("://")[2]:
+                self.processes_killed += kill_container(running)
         self.release.kubectl(
             "delete", "pod", "-n", self.release.namespace, name, "--force", "--grace-period=0", "--wait=false",
             check=False,
@@ -153,7 +200,7 @@ class OperatorStorm:
 
 
 @dataclass
-class Watch:
+class Watch(Background):
     """Samples, every `interval` seconds until stopped, the Ray jobs of one VLLMCluster (the most duplicates
     seen at once) and, once `serving` is set, whether its Service has lost every endpoint."""
 
@@ -163,21 +210,12 @@ class Watch:
     interval: float = 2.0
     serving: threading.Event = field(default_factory=threading.Event)
     most_duplicates: int = 0
+    worst: dict[str, str] = field(default_factory=dict)  # the jobs when most_duplicates was seen
     submissions: set[str] = field(default_factory=set)
     dark_samples: int = 0
     samples: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Watch:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -189,7 +227,8 @@ class Watch:
         except Exception:  # no Ray cluster yet, or its dashboard between restarts: nothing to count
             jobs = {}
         self.submissions |= set(jobs)
-        self.most_duplicates = max(self.most_duplicates, duplicates(jobs))
+        if (seen := duplicates(jobs)) > self.most_duplicates:
+            self.most_duplicates, self.worst = seen, dict(jobs)
         if self.serving.is_set():
             self.samples += 1
             self.dark_samples += not serving_ips(self.kube, self.namespace, self.name)
@@ -207,3 +246,59 @@ def status_shape(obj: dict[str, Any]) -> dict[str, Any]:
 
 def secret_hits(texts: list[str], secrets: list[str]) -> int:
     return sum(text.count(secret) for text in texts for secret in secrets)
+
+
+@dataclass(frozen=True)
+class RouteSample:
+    """One look, after a fault, at whether requests are sent to a pod and whether an engine is there."""
+
+    after: float  # seconds since the fault
+    pod_ready: bool  # the pod's Ready condition: what the Service would go by without the label
+    labelled: bool  # the pod carries the serving label
+    in_service: bool  # its IP is among the endpoint Service's ready endpoints
+    engine_answers: bool  # its engine answered GET /health, asked after the two above were read
+
+
+def misrouted(samples: list[RouteSample], slack: float) -> list[RouteSample]:
+    """The looks, from `slack` seconds after the fault on (the time the operator has to notice it), in which
+    the serving label or the Service pointed at the pod while no engine answered there. The engine is asked
+    last, so an engine that came back between the reads counts as answering, never the reverse."""
+    return [s for s in samples if s.after >= slack and (s.labelled or s.in_service) and not s.engine_answers]
+
+
+@dataclass
+class RouteWatch(Background):
+    """Samples, every `interval` seconds from `__enter__` (the fault) until stopped, where the endpoint
+    Service of VLLMCluster `name` sends requests with respect to one pod at `ip`, and whether its engine
+    answers there."""
+
+    kube: Kube
+    namespace: str
+    name: str
+    pod: str
+    ip: str
+    port: int = 8000
+    interval: float = 1.0
+    samples: list[RouteSample] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        self.started = time.monotonic()
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        found = self.kube.get_json("pod", self.pod, "-n", self.namespace) or {}
+        labelled = ((found.get("metadata") or {}).get("labels") or {}).get(SERVING_LABEL) == SERVING
+        conditions = (found.get("status") or {}).get("conditions") or []
+        pod_ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        in_service = self.ip in serving_ips(self.kube, self.namespace, self.name)
+        try:
+            answers = httpx.get(f"http://{self.ip}:{self.port}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            answers = False
+        self.samples.append(
+            RouteSample(time.monotonic() - self.started, pod_ready, labelled, in_service, answers)
+        )

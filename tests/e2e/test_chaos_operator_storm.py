@@ -129,7 +129,9 @@ def test_operator_restart_storm(
             with Load(base_url, SERVED, rate=2.0, limit=2000, api_key=API_KEY) as load:
                 serve_until = time.monotonic() + SERVE_SECONDS
                 while time.monotonic() < serve_until or storm.processes_killed < MIN_KILLS:
-                    assert time.monotonic() < serve_until + 120, f"only {storm.processes_killed} kills in the window"
+                    assert time.monotonic() < serve_until + 120, (
+                        f"only {storm.processes_killed} kills in the window"
+                    )
                     time.sleep(1)
                 if FULL:
                     kube.kubectl("scale", "vllm", name, "-n", namespace, "--replicas=2")
