@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 class OwnCluster:
     def __init__(self, state_dir: Path, port_base: int, fake_nodes: FakeNodePlan) -> None:
-        self.cluster = Cluster(state_dir, Ports(port_base), loopback=True)
+        # Its own subdirectory: `leftovers` looks for processes naming it, and the test's logs sit beside it.
+        self.cluster = Cluster(state_dir / "cluster", Ports(port_base), loopback=True)
         self.plan = ClusterPlan(fake=fake_nodes, real_node=None)
         self.kube = Kube(self.cluster.kubeconfig, Tools.from_cache().kubectl)
 
