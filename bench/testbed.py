@@ -9,7 +9,6 @@ import contextlib
 import json
 import math
 import shutil
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,16 +80,6 @@ class Identity:
     username: str
 
 
-def ports_in_use(ports: Ports) -> list[int]:
-    """Ports of the range this control plane would use that something already listens on."""
-    busy = []
-    for port in range(ports.base, ports.base + 15):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                busy.append(port)
-    return busy
-
-
 class Testbed:
     def __init__(self, state_dir: Path, port_base: int) -> None:
         self.dir = state_dir
@@ -105,7 +94,7 @@ class Testbed:
         # Our own leftovers of an interrupted run (by pid file): a reused API server would keep writing to
         # the audit file removed below.
         self.cluster.down(quiet=True)
-        busy = ports_in_use(self.ports)
+        busy = self.ports.in_use()
         if busy:
             raise SystemExit(f"ports {busy} are in use: pick another --port-base")
         # A fresh log per cluster: counts of one run never include another's.
@@ -120,8 +109,7 @@ class Testbed:
         # `up` ends by printing `export KUBECONFIG=...` on stdout, which is the results table's here.
         with contextlib.redirect_stdout(sys.stderr):
             self.cluster.up(ClusterPlan(fake=plan, real_node=None))
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(checkout.crds))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/vllmclusters.rayvllm.io")
+        self.cluster.control_plane.install_crds(sorted(checkout.crds.glob("*.yaml")))
 
     def down(self) -> None:
         self.cluster.down()

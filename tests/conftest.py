@@ -132,3 +132,13 @@ def operator(kube: Kube, crds: Path, tmp_path_factory: pytest.TempPathFactory) -
         yield process
     finally:
         process.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The chaos table: one row per chaos scenario that ran this session (e2e on real pods, and the
+    control-plane faults on a cluster of their own)."""
+    from tests.e2e.chaos import TABLE, format_table
+
+    if TABLE:
+        terminalreporter.write_sep("=", "chaos")
+        terminalreporter.write_line(format_table(TABLE))

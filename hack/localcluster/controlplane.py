@@ -7,13 +7,18 @@ else listens on 127.0.0.1. A control plane without a real node (benchmarks) may 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
 import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from hack.localcluster.network import FAKE_NODE_IP, FAKE_POD_CIDR, NODE_IP, SERVICE_CIDR
 from hack.localcluster.pki import Pki
@@ -112,6 +117,15 @@ class Ports:
     def coredns_health(self) -> int:
         return self.base + 14
 
+    def in_use(self) -> list[int]:
+        """Ports of this range that something already listens on (another cluster, or our own leftovers)."""
+        busy = []
+        for port in range(self.base, self.base + 15):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    busy.append(port)
+        return busy
+
 
 @dataclass(frozen=True)
 class AuditLog:
@@ -184,6 +198,31 @@ class ControlPlane:
     def down(self) -> None:
         for name in reversed(COMPONENTS):
             self.daemons.stop(name)
+
+    def kill(self, name: str) -> int:
+        """SIGKILL one daemon (a crash, not a shutdown: no clean-up of its own); its pid file stays, so
+        `down` still finds it. Returns the pid killed."""
+        pid = self.daemons.pid(name)
+        if pid is None or not self.daemons.running(name):
+            raise RuntimeError(f"{name} is not running")
+        os.kill(pid, signal.SIGKILL)
+        self.daemons.wait(f"{name} (pid {pid}) gone", lambda: not self.daemons.running(name), 10)
+        return pid
+
+    def start(self, name: str) -> None:
+        """Start one stopped or killed daemon again, with the same flags and state (etcd keeps its data
+        directory: only `up` starts from an empty store)."""
+        starters = {
+            "etcd": self._start_etcd,
+            "kube-apiserver": self._start_apiserver,
+            "kube-controller-manager": self._start_controller_manager,
+            "kube-scheduler": self._start_scheduler,
+            "kwok": self._start_kwok,
+            "kuberay": self._start_kuberay,
+        }
+        if self.daemons.running(name):
+            raise RuntimeError(f"{name} is already running")
+        starters[name]()
 
     def _start_etcd(self) -> None:
         p = self.ports
@@ -320,13 +359,21 @@ class ControlPlane:
         )
 
     def _install_kuberay_crds(self) -> None:
-        crds = sorted((self.tools.kuberay / "crds").glob("ray.io_*.yaml"))
+        self.install_crds(sorted((self.tools.kuberay / "crds").glob("ray.io_*.yaml")))
+
+    def install_crds(self, files: list[Path]) -> None:
+        """Apply CRD files and wait until every CRD in them is Established."""
         # Too large for client-side apply's last-applied annotation: server-side apply.
         args: list[str | Path] = ["apply", "--server-side", "--force-conflicts"]
-        for crd in crds:
+        for crd in files:
             args += ["-f", crd]
         self.kubectl(*args)
-        names = [f"crd/{crd.name.removeprefix('ray.io_').removesuffix('.yaml')}.ray.io" for crd in crds]
+        names = [
+            f"crd/{doc['metadata']['name']}"
+            for crd in files
+            for doc in yaml.safe_load_all(crd.read_text())
+            if doc and doc.get("kind") == "CustomResourceDefinition"
+        ]
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
 
     def _start_kuberay(self) -> None:

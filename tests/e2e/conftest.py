@@ -130,12 +130,3 @@ def in_cluster_operator(
 def volumes(kube: Kube, namespace: str, real_node: RealNodeWorld) -> Iterator[None]:
     apply_volumes(kube, real_node, namespace)
     yield
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The chaos table: one row per chaos scenario that ran this session."""
-    from tests.e2e.chaos import TABLE, format_table
-
-    if TABLE:
-        terminalreporter.write_sep("=", "chaos")
-        terminalreporter.write_line(format_table(TABLE))

@@ -19,6 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.wait import wait_for
 
 KOPF = Path(sys.executable).parent / "kopf"
+# This checkout's operator, not whichever one the shared venv's editable install points at (a worktree's
+# tests would otherwise run the main checkout's operator).
+OPERATOR_ROOT = Path(__file__).resolve().parents[2] / "operator"
 
 
 def free_port() -> int:
@@ -61,11 +64,21 @@ class OperatorProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(self.kubeconfig),
+                "PYTHONPATH": self._pythonpath(),
+                **self.env,
+            },
             start_new_session=True,
         )
         self.starts += 1
         wait_for(self._live, timeout=60, what=f"the operator's liveness endpoint (log: {self.log_path})")
+
+    @staticmethod
+    def _pythonpath() -> str:
+        inherited = os.environ.get("PYTHONPATH")
+        return os.pathsep.join([str(OPERATOR_ROOT), *([inherited] if inherited else [])])
 
     def _live(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -15,15 +15,18 @@ from rayvllm.ray import Dashboards, shared_client
 from rayvllm.reconcile import Clients
 from rayvllm.settings import load_settings
 
+# How long kopf waits before each retry of a failed API request (a refused connection, a 5xx, a 429), then
+# gives up (a watch starts over with a fresh sequence; a handler fails and kopf retries it). kopf's default,
+# (1, 1, 2, 3, 5, 8, 13, 21), reaches 13 s pauses after 20 s of an API server outage, so a watch could stay
+# blind that long after the server is back: an edit made right after a 20 s restart reached its RayCluster
+# 7.7-11.4 s late. Pauses capped at 1 s bound that to about a second; ~2 minutes in all (more than the
+# default's 54 s), so a longer outage does not exhaust them sooner. A refused connection costs the server
+# nothing; the cost is one log line per attempt and watch stream while the API is down.
+API_ERROR_BACKOFFS: tuple[float, ...] = (0.25, 0.5, *([1.0] * 118))
 
-@kopf.on.startup()
-async def configure(
-    settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
-) -> None:
-    memo.settings = load_settings()
-    memo.wakeups = {}
-    # One line per Ray/engine HTTP request at INFO would drown the operator's own messages.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf's own settings for this operator: where it keeps its records, how it watches and retries."""
     # Our CRD has a structural status schema: kopf's default progress records under status.kopf would
     # be pruned, so kopf keeps them in annotations under our own group.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
@@ -35,6 +38,18 @@ async def configure(
     # A stuck watch must not leave the operator blind: reconnect periodically.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    settings.networking.error_backoffs = API_ERROR_BACKOFFS
+
+
+@kopf.on.startup()
+async def configure(
+    settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
+    memo.settings = load_settings()
+    memo.wakeups = {}
+    # One line per Ray/engine HTTP request at INFO would drown the operator's own messages.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_kopf(settings)
     if memo.settings.metrics_port is not None:
         metrics.serve(memo.settings.metrics_port, memo.settings.metrics_host)
     memo.exit_stack = AsyncExitStack()
