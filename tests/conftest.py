@@ -20,6 +20,7 @@ from hack.localcluster.controlplane import FakeNodePlan, Tools
 from hack.localcluster.node import NodePlan
 from tests.support.kube import Kube
 from tests.support.operator import OperatorProcess, free_port
+from tests.support.wait import wait_for
 
 # Hypothesis (the fuzz tier, tests/support/fuzz.py, and its unit tests) caches Unicode tables under
 # ./.hypothesis unless told otherwise; none of it belongs in the repository. Set before any test module
@@ -112,7 +113,22 @@ INTEGRATION_OPERATOR_ENV = {
 def crds(kube: Kube) -> Path:
     """Our CRDs installed (server-side apply, so re-running is harmless) and Established."""
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/vllmclusters.rayvllm.io")
+    # Right after the apply the CRD may have no conditions yet, which `kubectl wait` takes for an error.
+    wait_for(
+        lambda: (
+            kube.kubectl(
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                "crd/vllmclusters.rayvllm.io",
+                check=False,
+            ).returncode
+            == 0
+        ),
+        timeout=90,
+        interval=1,
+        what="the VLLMCluster CRD Established",
+    )
     return REPO / "crds"
 
 

@@ -22,7 +22,7 @@ import yaml
 
 from hack.localcluster.network import FAKE_NODE_IP, FAKE_POD_CIDR, NODE_IP, SERVICE_CIDR
 from hack.localcluster.pki import Pki
-from hack.localcluster.procs import Daemons, cache_dir, log, read_versions, run
+from hack.localcluster.procs import Daemons, cache_dir, log, read_versions, run, wait_for
 
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kuberay")
@@ -374,7 +374,15 @@ class ControlPlane:
             for doc in yaml.safe_load_all(crd.read_text())
             if doc and doc.get("kind") == "CustomResourceDefinition"
         ]
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+        # Right after the apply a CRD may have no conditions yet, which `kubectl wait` treats as an error
+        # rather than as "not yet": retry it until the apiserver has written them.
+        wait_for(
+            # kubectl() answers "" when kubectl failed.
+            lambda: self.kubectl("wait", "--for=condition=Established", "--timeout=30s", *names, check=False),
+            timeout=90,
+            interval=1,
+            what=f"{', '.join(names)} Established",
+        )
 
     def _start_kuberay(self) -> None:
         self.daemons.spawn(
