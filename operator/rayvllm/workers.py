@@ -38,7 +38,8 @@ def plan_workers(
         return WorkerPlan(desired)
     staying = {e.pod_name for e in engines if e.index < spec.replicas and e.pod_name}
     outgoing = {e.pod_name for e in engines if e.outgoing is not None and e.pod_name}
-    draining = {e.pod_name for e in engines if e.index >= spec.replicas and e.outgoing is None and e.pod_name}
+    # Leaving for good: scaled down, or outgoing for a replica that was scaled away.
+    draining = {e.pod_name for e in engines if e.replica >= spec.replicas and e.pod_name}
     on_top = draining - staying
     surging = sum(e.outgoing == Outgoing.SURGE and e.replica < spec.replicas for e in engines)
     surge_workers = min(surging, spec.upgrade_strategy.max_surge) * spec.workers_per_engine

@@ -104,7 +104,8 @@ class _Budget:
 
     @property
     def serving(self) -> int:
-        return sum(e.ready for e in self.by_index.values())
+        """Engines serving, not counting an InPlace outgoing one: it drains in this pass."""
+        return sum(e.ready and e.outgoing != Outgoing.IN_PLACE for e in self.by_index.values())
 
     def may_surge(self) -> bool:
         return self._count(Outgoing.SURGE) < self.spec.upgrade_strategy.max_surge
@@ -143,7 +144,10 @@ def begin_replacements(records: Sequence[EngineStatus], ctx: EngineContext) -> R
             continue
         if outgoing_index(replica) in by_index:
             continue  # the engine it replaced is still draining
-        if budget.may_surge() and not (ctx.worker_unschedulable and budget.may_go_unavailable()):
+        # With a worker pod unschedulable, a surge pod would not be placed either: in place when allowed;
+        # with maxUnavailable 0 the surge is the only way, and it waits for capacity.
+        surge_placeable = not ctx.worker_unschedulable or spec.upgrade_strategy.max_unavailable == 0
+        if budget.may_surge() and surge_placeable:
             mode = Outgoing.SURGE
             events.append(
                 Event(
