@@ -18,6 +18,7 @@ from rayvllm.engine.decide import (
     RETIRED_REPLACED,
     RETIRED_STOPPED_SERVING,
     decide,
+    engine_base_url,
     watched,
 )
 from rayvllm.engine.fingerprint import engine_config_hash
@@ -305,6 +306,13 @@ def test_older_engine_is_watched_only_under_rolling_replicas() -> None:
     assert not watched(engine(0), make_ctx(make_spec(strategy="Recreate")))
     assert not watched(engine(0), make_ctx(pods_replaced=True))
     assert not watched(outgoing(0), make_ctx())
+
+
+def test_an_outgoing_engine_that_serves_is_probed_without_ray() -> None:
+    serving = outgoing(0, url="http://10.0.0.7:8000/v1")
+    assert engine_base_url(serving, make_ctx()) == "http://10.0.0.7:8000"
+    draining = serving.model_copy(update={"ready": False, "draining_since": NOW})
+    assert engine_base_url(draining, make_ctx()) is None
 
 
 def test_a_failed_older_engine_is_replaced_by_a_new_one() -> None:

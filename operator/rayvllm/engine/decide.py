@@ -338,8 +338,10 @@ def _drain(record: EngineStatus, ctx: EngineContext) -> Drain:
 
 def engine_base_url(record: EngineStatus, ctx: EngineContext) -> str | None:
     """Where a staying engine of the current settings that has served was last seen (its probe address):
-    the engines worth asking themselves while the Ray dashboard does not answer."""
-    if not watched(record, ctx) or record.url is None:
+    the engines worth asking themselves while the Ray dashboard does not answer. An outgoing engine that
+    still serves (RollingReplicas) is one of them: a dashboard fault must not take it out of the Service."""
+    serves_on = record.outgoing is not None and record.draining_since is None
+    if not (watched(record, ctx) or serves_on) or record.url is None:
         return None
     if not (record.ready or record.unhealthy_since is not None):
         return None
