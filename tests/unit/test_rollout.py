@@ -125,8 +125,8 @@ PLANS = {
         events=1,
     ),
     "no-capacity-turns-the-surge-in-place": Case(
-        [engine(0, NEW, ready=False), engine(1), outgoing(0)],
-        [engine(0, NEW, ready=False), engine(1), outgoing(0, Outgoing.IN_PLACE)],
+        [new(0), engine(1), outgoing(0)],
+        [new(0), engine(1), outgoing(0, Outgoing.IN_PLACE)],
         ctx=make_ctx(make_spec(max_unavailable=1), worker_unschedulable=True),
         events=1,
     ),
@@ -142,8 +142,8 @@ PLANS = {
         [engine(0, NEW, ready=False, pod_name="p9"), engine(1), outgoing(0)],
     ),
     "no-capacity-and-maxUnavailable-0-waits": Case(
-        [engine(0, NEW, ready=False), engine(1), outgoing(0)],
-        [engine(0, NEW, ready=False), engine(1), outgoing(0)],
+        [new(0), engine(1), outgoing(0)],
+        [new(0), engine(1), outgoing(0)],
         ctx=make_ctx(worker_unschedulable=True),
     ),
     "no-capacity-starts-in-place": Case(
@@ -213,8 +213,12 @@ def test_replacing_events_say_which_way() -> None:
     (surge,) = begin_replacements([engine(0), engine(1)], make_ctx()).events
     assert "extra worker pod" in surge.message and surge.message.startswith("engine 0:")
     ctx = make_ctx(make_spec(max_unavailable=1), worker_unschedulable=True)
-    (in_place,) = begin_replacements([engine(0, NEW, ready=False), engine(1), outgoing(0)], ctx).events
-    assert "cannot be scheduled" in in_place.message and "draining the old engine first" in in_place.message
+    (in_place,) = begin_replacements([new(0), engine(1), outgoing(0)], ctx).events
+    assert (
+        in_place.message.startswith("engine 0:")
+        and "surge worker pod cannot be scheduled" in in_place.message
+    )
+    assert "draining the old engine first" in in_place.message
 
 
 # ---- decisions about outgoing engines and engines of older settings ----------------------------------
@@ -537,3 +541,14 @@ def test_a_surge_pass_by_pass() -> None:
 
 def replace_ready(record: EngineStatus, **update: Any) -> EngineStatus:
     return record.model_copy(update={"job_status": "RUNNING", **update})
+
+
+def test_strategy_defaults_keep_what_a_stored_object_does() -> None:
+    stored = VLLMClusterSpec.model_validate({"model": {"source": "hf://org/model"}, "ray": {"image": "img"}})
+    assert (stored.upgrade_strategy.type, stored.rolling) == ("Recreate", False)
+    rolling = make_spec(max_surge=0, max_unavailable=1)
+    assert rolling.rolling and rolling.upgrade_strategy.max_unavailable == 1
+    with pytest.raises(ValueError, match=r"maxSurge \+ spec.upgradeStrategy.maxUnavailable must be >= 1"):
+        make_spec(max_surge=0, max_unavailable=0)
+    # Under Recreate both 0 is meaningless but harmless: only RollingReplicas needs the budget.
+    assert not make_spec(strategy="Recreate", max_surge=0, max_unavailable=0).rolling

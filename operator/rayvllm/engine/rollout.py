@@ -129,7 +129,8 @@ def begin_replacements(records: Sequence[EngineStatus], ctx: EngineContext) -> R
     if ctx.worker_unschedulable:
         for old in sorted(by_index.values(), key=lambda e: e.index):
             successor = by_index.get(old.replica)
-            placed = successor is not None and (successor.pod_name is not None or successor.ready)
+            # Submitted means it found a free engine slot: its pod exists and was placed.
+            placed = successor is not None and successor.submission_id is not None
             if old.outgoing != Outgoing.SURGE or old.draining_since is not None or placed:
                 continue
             if not budget.may_go_unavailable():
