@@ -67,7 +67,8 @@ from tests.e2e.test_engine_faults import pod_of_role
 from tests.support.kube import Kube
 from tests.support.wait import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+# Four scenarios of several model loads each (~25 min on 2 cores): `make chaos`, beyond make test's budget.
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos, pytest.mark.heavy]
 
 WORKER_CONTAINER = "ray-worker"
 REDIS_PASSWORD = "chaos-redis-password-never-logged-0123456789"

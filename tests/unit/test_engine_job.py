@@ -54,6 +54,7 @@ submission_id: rayvllm-tiny-cpu-r0-g1-a2-241b7446
 runtime_env:
   env_vars:
     VLLM_CPU_KVCACHE_SPACE: '1'
+    VLLM_CPU_OMP_THREADS_BIND: nobind
     HF_HUB_OFFLINE: '1'
     VLLM_NO_USAGE_STATS: '1'
     DO_NOT_TRACK: '1'
