@@ -37,6 +37,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "PP", "type": "integer", "jsonPath": ".spec.engine.pipelineParallelSize"},
     {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Updated", "type": "integer", "jsonPath": ".status.updatedReplicas", "priority": 1},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint.url"},
     {"name": "GPUs", "type": "string", "jsonPath": ".status.rayCluster.resources.gpuUsage", "priority": 1},

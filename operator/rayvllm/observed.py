@@ -103,6 +103,13 @@ def live_workers(pods: Sequence[PodView]) -> list[str]:
     return [p.name for p in pods if p.node_type == "worker" and not p.deleting]
 
 
+def unplaced_workers(pods: Sequence[PodView]) -> frozenset[str]:
+    """Worker pods the scheduler cannot place (no capacity): the first to go when workers are removed."""
+    return frozenset(
+        p.name for p in pods if p.node_type == "worker" and not p.deleting and p.unschedulable is not None
+    )
+
+
 def trimmed(body: Mapping[str, Any]) -> dict[str, Any]:
     """A child as kept in the operator's cache: metadata we compare, spec and status."""
     meta = body.get("metadata") or {}

@@ -30,6 +30,13 @@ class Reason(StrEnum):
     WORKER_UNSCHEDULABLE = "WorkerUnschedulable"
     RAY_DASHBOARD_UNREACHABLE = "RayDashboardUnreachable"
     CHILD_REJECTED = "ChildRejected"
+    # Progressing during a rolling upgrade (upgradeStrategy RollingReplicas), one reason per step.
+    ROLLING_SURGE = "RollingSurge"
+    ROLLING_DRAIN_OLD = "RollingDrainOld"
+    ROLLOUT_WAITING = "RolloutWaiting"
+    ROLLOUT_STALLED = "RolloutStalled"
+    ROLLOUT_RECREATE = "RolloutRecreate"
+    ROLLOUT_COMPLETE = "RolloutComplete"
     # Progressing while the phase is Pending / Provisioning / Launching carries the phase's name.
     PENDING = "Pending"
     PROVISIONING = "Provisioning"
@@ -46,6 +53,7 @@ class EventReason(StrEnum):
     ENGINE_STOPPED = "EngineStopped"
     ENGINE_DRAINING = "EngineDraining"
     ENGINE_RECREATING = "EngineRecreating"
+    ENGINE_REPLACING = "EngineReplacing"
     SCALED_UP = "ScaledUp"
     SCALED_DOWN = "ScaledDown"
     DELETING = "Deleting"

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from rayvllm.autoscale import (
     Sampled,
@@ -46,7 +46,15 @@ from rayvllm.k8s.resources import Kubernetes
 from rayvllm.models.resource import parse_cluster, parse_previous_status
 from rayvllm.models.spec import VLLMClusterSpec
 from rayvllm.models.status import ConditionType, EngineStatus, Phase, RayResourcesStatus, VLLMClusterStatus
-from rayvllm.observed import PodCounts, PodView, count_pods, live_workers, newer, resource_version
+from rayvllm.observed import (
+    PodCounts,
+    PodView,
+    count_pods,
+    live_workers,
+    newer,
+    resource_version,
+    unplaced_workers,
+)
 from rayvllm.plans import (
     BACKOFF_LIMIT,
     Missing,
@@ -260,7 +268,7 @@ async def apply_ray_cluster(p: Pass, io: Clients) -> None:
             p.outcome.requeue_after = wait
         return
     spec, pods = p.spec, p.children.pods
-    workers = plan_workers(spec, p.engines, live_workers(pods))
+    workers = plan_workers(spec, p.engines, live_workers(pods), unplaced_workers(pods))
     desired_key = (p.ref.uid, p.ref.generation, workers)
     built, spec_hash = p.memory.derive(
         "RayCluster",
@@ -373,6 +381,8 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
         api_key=(p.secrets.get(api_key_ref.name) or {}).get(api_key_ref.key) if api_key_ref else None,
         pod_by_ip={pod.ip: pod.name for pod in p.children.pods if pod.ip},
         secrets=secret_values(secret_uses(spec), p.secrets),
+        pods_replaced=p.pods is not None and p.pods.outdated > 0,
+        worker_unschedulable=bool(unplaced_workers(p.children.pods)),
     )
     ray = await _dashboard(p, io)
     p.dashboard_url = ray.base_url
@@ -581,12 +591,41 @@ def transition_events(previous: VLLMClusterStatus | None, current: VLLMClusterSt
     if current.phase is not None and current.phase != old_phase:
         bad = current.phase in (Phase.DEGRADED, Phase.FAILED)
         events.append(Event("Warning" if bad else "Normal", current.phase, current.message or ""))
+    events += _rollout_events(previous, current)
     degraded = current.condition(ConditionType.DEGRADED)
     if degraded is not None and degraded.status == "True":
         before = previous.condition(ConditionType.DEGRADED) if previous else None
         if before is None or before.status != "True" or before.reason != degraded.reason:
             events.append(Event("Warning", Reason(degraded.reason), degraded.message))
     return events
+
+
+# Progressing reasons of a rolling upgrade worth an Event when the condition turns to them (each step's own
+# Event is posted by the step: EngineReplacing, EngineDraining, EngineStopped).
+_ROLLOUT_EVENTS: dict[str, Literal["Normal", "Warning"]] = {
+    Reason.ROLLOUT_STALLED: "Warning",
+    Reason.ROLLOUT_RECREATE: "Normal",
+}
+_ROLLING = {
+    Reason.ROLLING_SURGE,
+    Reason.ROLLING_DRAIN_OLD,
+    Reason.ROLLOUT_WAITING,
+    Reason.ROLLOUT_STALLED,
+    Reason.ROLLOUT_RECREATE,
+}
+
+
+def _rollout_events(previous: VLLMClusterStatus | None, current: VLLMClusterStatus) -> list[Event]:
+    """A rollout that stalls (why, in the message), falls back to Recreate, or completes."""
+    now = current.condition(ConditionType.PROGRESSING)
+    before = previous.condition(ConditionType.PROGRESSING) if previous else None
+    if now is None or (before is not None and before.reason == now.reason):
+        return []
+    if now.reason in _ROLLOUT_EVENTS:
+        return [Event(_ROLLOUT_EVENTS[now.reason], Reason(now.reason), now.message)]
+    if now.reason == Reason.ROLLOUT_COMPLETE and before is not None and before.reason in _ROLLING:
+        return [Event("Normal", Reason.ROLLOUT_COMPLETE, now.message)]
+    return []
 
 
 async def finalize(

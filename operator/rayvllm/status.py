@@ -20,6 +20,8 @@ from typing import Any
 
 from rayvllm.builders.labels import selector_string, serving_selector
 from rayvllm.builders.service import service_url
+from rayvllm.engine.fingerprint import engine_config_hash
+from rayvllm.engine.rollout import RolloutStep, rollout_step, standing_in
 from rayvllm.identity import ClusterRef
 from rayvllm.models.spec import VLLMClusterSpec
 from rayvllm.models.status import (
@@ -224,6 +226,18 @@ def _describe_failure(engine: EngineStatus) -> str:
     )
 
 
+def _serving_view(engines: list[EngineStatus], all_engines: Sequence[EngineStatus]) -> list[EngineStatus]:
+    """The requested engines as clients see them: during a rolling upgrade, a replica whose new engine is
+    not ready yet is served by its outgoing engine (rayvllm.engine.rollout), which stands in for it."""
+    stand_ins = standing_in(all_engines)
+    return [
+        stand_ins[e.index].model_copy(update={"index": e.index, "outgoing": None})
+        if e.index in stand_ins
+        else e
+        for e in engines
+    ]
+
+
 def _engines_verdict(spec: VLLMClusterSpec, engines: list[EngineStatus]) -> _Verdict:
     replicas = spec.replicas
     if spec.suspend:
@@ -269,9 +283,15 @@ def _degraded_verdict(
 
 
 def _phase_and_ready(
-    observed: Observation, spec: VLLMClusterSpec, ray_cluster: _Verdict, engines: _Verdict, degraded: _Verdict
+    observed: Observation,
+    spec: VLLMClusterSpec,
+    ray_cluster: _Verdict,
+    engines: _Verdict,
+    degraded: _Verdict,
+    serving: Sequence[EngineStatus],
 ) -> tuple[Phase, _Verdict]:
-    """The phase, and the Ready verdict that explains it (its reason names the blocker)."""
+    """The phase, and the Ready verdict that explains it (its reason names the blocker). `serving`: the
+    requested engines as clients see them (`_serving_view`)."""
     if spec.suspend:
         return Phase.SUSPENDED, _false(Reason.SUSPENDED, engines.message)
     fatal = [p for p in observed.problems if p.fatal]
@@ -281,7 +301,7 @@ def _phase_and_ready(
         return Phase.FAILED, _false(engines.reason, engines.message)
     if engines.true and ray_cluster.true and not degraded.true:
         return Phase.READY, _true(engines.reason, engines.message)
-    if any(e.ready for e in _requested_engines(observed, spec)):
+    if any(e.ready for e in serving):
         # Some engines serve: a broken part is Degraded; a rollout still in progress is Launching.
         if degraded.true or not ray_cluster.true:
             blocker = degraded if degraded.true else ray_cluster
@@ -301,8 +321,14 @@ def _phase_and_ready(
     return Phase.LAUNCHING, _false(engines.reason, engines.message)
 
 
-def _progressing_verdict(phase: Phase, ready: _Verdict) -> _Verdict:
+def _progressing_verdict(
+    phase: Phase, ready: _Verdict, spec: VLLMClusterSpec, rollout: RolloutStep | None
+) -> _Verdict:
+    if rollout is not None and phase != Phase.FAILED:
+        return _Verdict("True" if rollout.progressing else "False", rollout.reason, rollout.message)
     match phase:
+        case Phase.READY if spec.rolling:
+            return _false(Reason.ROLLOUT_COMPLETE, "every engine serves the current engine settings")
         case Phase.READY:
             return _false(Reason.RECONCILE_COMPLETE, "the spec is fully rolled out")
         case Phase.SUSPENDED | Phase.FAILED:
@@ -370,12 +396,17 @@ def compute_status(observed: Observation, now: datetime) -> VLLMClusterStatus:
         ]
         return _fatal_status(observed, fatal, now)
 
-    engines = _requested_engines(observed, spec)
+    requested = _requested_engines(observed, spec)
+    engines = _serving_view(requested, observed.engines)
     ray_cluster = _ray_cluster_verdict(observed, spec)
     engines_verdict = _engines_verdict(spec, engines)
-    degraded = _degraded_verdict(observed, spec, engines, ray_cluster)
-    phase, ready = _phase_and_ready(observed, spec, ray_cluster, engines_verdict, degraded)
-    progressing = _progressing_verdict(phase, ready)
+    # What fails is judged on the engines themselves, not on their stand-ins.
+    degraded = _degraded_verdict(observed, spec, requested, ray_cluster)
+    phase, ready = _phase_and_ready(observed, spec, ray_cluster, engines_verdict, degraded, engines)
+    config_hash = engine_config_hash(spec)
+    pods_replaced = observed.pods is not None and observed.pods.outdated > 0
+    rollout = rollout_step(spec, config_hash, observed.engines, pods_replaced=pods_replaced)
+    progressing = _progressing_verdict(phase, ready, spec, rollout)
 
     verdicts = {
         ConditionType.READY: ready,
@@ -391,6 +422,7 @@ def compute_status(observed: Observation, now: datetime) -> VLLMClusterStatus:
         conditions=[_condition(kind, verdict, observed, now) for kind, verdict in verdicts.items()],
         replicas=spec.replicas,
         ready_replicas=sum(e.ready for e in engines),
+        updated_replicas=sum(e.ready and e.config_hash == config_hash for e in requested),
         selector=selector_string(serving_selector(name)),
         ray_cluster=(
             RayClusterStatus(

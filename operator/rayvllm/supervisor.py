@@ -35,6 +35,7 @@ from rayvllm.engine.decide import (
 from rayvllm.engine.health import EngineProber, probe_engine
 from rayvllm.engine.job import EngineJobOptions, build_engine_job
 from rayvllm.engine.probe import EngineProbe, LoadSample
+from rayvllm.engine.rollout import begin_replacements
 from rayvllm.errors import RayError
 from rayvllm.events import Event
 from rayvllm.models.rayapi import ClusterResources
@@ -121,10 +122,21 @@ class Supervisor:
         """Observe and act on every engine once. `may_submit` is False while the RayCluster is not ready (or
         its GCS not healthy): running engines are still watched, but nothing new is launched."""
         ctx, tally = self._ctx, _Tally()
+        replacements = begin_replacements(previous, ctx)
+        previous, tally.events = replacements.records, list(replacements.events)
+        replicas = {record.index: record for record in previous if record.outgoing is None}
         draining: list[EngineStatus] = []
         for record in leaving_records(previous, ctx.spec):
             # Leaving engines are judged on their record alone: nothing of Ray is read for them.
-            action = decide(record, None, None, ctx, may_submit=False, slot_free=False)
+            action = decide(
+                record,
+                None,
+                None,
+                ctx,
+                may_submit=False,
+                slot_free=False,
+                successor=replicas.get(record.replica) if record.outgoing is not None else None,
+            )
             kept = await self._carry_out(action, tally)
             draining += [kept] if kept is not None else []
         if ctx.spec.suspend:

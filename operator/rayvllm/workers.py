@@ -8,11 +8,11 @@ named only when it is surplus)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from rayvllm.models.spec import VLLMClusterSpec
-from rayvllm.models.status import EngineStatus
+from rayvllm.models.status import EngineStatus, Outgoing
 
 
 @dataclass(frozen=True)
@@ -22,18 +22,31 @@ class WorkerPlan:
 
 
 def plan_workers(
-    spec: VLLMClusterSpec, engines: Sequence[EngineStatus], worker_pods: Sequence[str]
+    spec: VLLMClusterSpec,
+    engines: Sequence[EngineStatus],
+    worker_pods: Sequence[str],
+    unplaced: Collection[str] = (),
 ) -> WorkerPlan:
-    """`engines` as last written to status; `worker_pods` the names of the live worker pods."""
+    """`engines` as last written to status; `worker_pods` the names of the live worker pods, `unplaced` those
+    of them the scheduler cannot place (named first when some must go).
+
+    On top of the desired count: the pod of each scaled-down engine still draining, and during a rolling
+    upgrade (rayvllm.engine.rollout) one engine's worth of pods per surging replacement, never more than
+    maxSurge engines' worth. An InPlace replacement takes its outgoing engine's slot: no pod on top."""
     desired = spec.desired_workers
     if spec.suspend:
         return WorkerPlan(desired)
-    draining = {e.pod_name for e in engines if e.index >= spec.replicas and e.pod_name}
-    kept = {e.pod_name for e in engines if e.index < spec.replicas and e.pod_name}
-    if draining:
-        return WorkerPlan(desired + len(draining - kept))
-    excess = len(worker_pods) - desired
+    staying = {e.pod_name for e in engines if e.index < spec.replicas and e.pod_name}
+    outgoing = {e.pod_name for e in engines if e.outgoing is not None and e.pod_name}
+    # Leaving for good: scaled down, or outgoing for a replica that was scaled away.
+    draining = {e.pod_name for e in engines if e.replica >= spec.replicas and e.pod_name}
+    on_top = draining - staying
+    surging = sum(e.outgoing == Outgoing.SURGE and e.replica < spec.replicas for e in engines)
+    surge_workers = min(surging, spec.upgrade_strategy.max_surge) * spec.workers_per_engine
+    target = desired + len(on_top) + surge_workers
+    excess = len(worker_pods) - target
     if excess <= 0:
-        return WorkerPlan(desired)
-    idle = sorted(pod for pod in worker_pods if pod not in kept)
-    return WorkerPlan(desired, tuple(idle[:excess]))
+        return WorkerPlan(target)
+    busy = staying | outgoing | on_top
+    idle = sorted((pod for pod in worker_pods if pod not in busy), key=lambda pod: (pod not in unplaced, pod))
+    return WorkerPlan(target, tuple(idle[:excess]))

@@ -55,7 +55,18 @@ def test_subresources_and_printer_columns() -> None:
         },
     }
     columns = [column["name"] for column in version["additionalPrinterColumns"]]
-    assert columns == ["Model", "TP", "PP", "Replicas", "Ready", "Phase", "Endpoint", "GPUs", "Age"]
+    assert columns == [
+        "Model",
+        "TP",
+        "PP",
+        "Replicas",
+        "Ready",
+        "Updated",
+        "Phase",
+        "Endpoint",
+        "GPUs",
+        "Age",
+    ]
 
 
 def _nodes(schema: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:

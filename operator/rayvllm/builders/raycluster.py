@@ -223,7 +223,9 @@ def build_ray_cluster(
         # generates a token Secret (ray_auth_secret_name) and the operator presents it.
         "authOptions": {"mode": "token"},
         # KubeRay's Recreate replaces all pods when their template changes, which is what our Recreate means.
-        "upgradeStrategy": {"type": spec.upgrade_strategy.type},
+        # RollingReplicas replaces engines, not pods: a change of the pods' template (spec.ray.image) still
+        # replaces them all, and the engines with them (docs/upgrades.md).
+        "upgradeStrategy": {"type": "Recreate"},
         "headGroupSpec": _head_group(spec, name),
         "workerGroupSpecs": [_worker_group(spec, name, workers or WorkerPlan(spec.desired_workers))],
     }

@@ -27,6 +27,7 @@ class Waiting(StrEnum):
     NO_ADDRESS = "the Ray job is RUNNING but where its API server listens is not known yet"
     NOT_PROBED = "the Ray job is RUNNING but its engine was not probed"
     STARTING = "the engine is starting"
+    REPLACEMENT_STARTING = "its replacement (upgradeStrategy RollingReplicas) is not ready yet: it serves on"
     SERVING = "the engine serves"
 
 
@@ -181,7 +182,7 @@ class Retire:
                 Event(
                     "Normal",
                     EventReason.ENGINE_STOPPED,
-                    f"engine {index}: stopped Ray job {sid} ({self.why})",
+                    f"{self.record.label}: stopped Ray job {sid} ({self.why})",
                 )
             )
         if self.replacement is not None:
@@ -197,19 +198,20 @@ class Retire:
 
 @dataclass(frozen=True)
 class Drain:
-    """A scaled-down engine that served: out of the Service (not ready), its job still running, until
-    in-flight requests had settings.drain_seconds to finish."""
+    """A scaled-down (or, under RollingReplicas, replaced) engine that served: out of the Service (not
+    ready), its job still running, until in-flight requests had settings.drain_seconds to finish."""
 
     record: EngineStatus
     started: bool
     """This pass took it out of the Service."""
     drain_seconds: float
+    why: str = "scaled down"
 
     @property
     def events(self) -> tuple[Event, ...]:
         if not self.started:
             return ()
-        message = f"engine {self.record.index}: scaled down; out of the Service, stopping in {self.drain_seconds:g}s"
+        message = f"{self.record.label}: {self.why}; out of the Service, stopping in {self.drain_seconds:g}s"
         return (Event("Normal", EventReason.ENGINE_DRAINING, message),)
 
 

@@ -28,6 +28,12 @@ class EngineContext:
     """The values of the Secret keys the spec references (HF token, API key, ...), as read this pass: never
     logged; whatever goes from an engine's log into status or Events is redacted of them."""
 
+    pods_replaced: bool = False
+    """Ray pods of an older template remain: KubeRay is replacing every pod (upgradeStrategy Recreate of the
+    RayCluster), so no engine of older settings can keep serving through a rolling upgrade."""
+    worker_unschedulable: bool = False
+    """A GPU worker pod cannot be scheduled: a surge pod would not be placed either."""
+
     @cached_property
     def config_hash(self) -> str:
         """Computed once per pass, not once per replica."""

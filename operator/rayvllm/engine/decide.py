@@ -34,6 +34,7 @@ from rayvllm.engine.context import EngineContext
 from rayvllm.engine.failure import last_log_line, redact
 from rayvllm.engine.job import EngineRef, submission_id
 from rayvllm.engine.probe import EngineProbe
+from rayvllm.engine.rollout import gives_way, keeps_serving_until_replaced, new_engine
 from rayvllm.models.rayapi import ClusterResources, JobInfo
 from rayvllm.models.spec import VLLMClusterSpec
 from rayvllm.models.status import EngineStatus
@@ -42,6 +43,12 @@ from rayvllm.placement import ENGINE_SLOT_RESOURCE
 RETIRED_SUSPENDED = "suspended"
 RETIRED_SCALED_DOWN = "scaled down"
 RETIRED_RECREATED = "engine settings changed (upgradeStrategy Recreate)"
+RETIRED_REPLACED = "replaced by its new engine (upgradeStrategy RollingReplicas)"
+RETIRED_PODS_REPLACED = (
+    "engine settings changed while the Ray pods are replaced (spec.ray.image or another pod setting): "
+    "upgradeStrategy RollingReplicas goes through Recreate"
+)
+RETIRED_STOPPED_SERVING = "engine settings changed and it does not serve (upgradeStrategy RollingReplicas)"
 JOB_GONE = "the Ray job is gone (Ray head restarted without GCS fault tolerance?)"
 # Sooner than this is not worth a pass: a backoff about to end is looked at once it has.
 MIN_REQUEUE_SECONDS = 0.5
@@ -65,11 +72,6 @@ NOT_WATCHED = Observed(job=None)
 
 
 # ---- which engines, and what to observe -------------------------------------------------------------
-
-
-def new_engine(index: int, ctx: EngineContext) -> EngineStatus:
-    """A replica with no job yet, running this generation's engine settings."""
-    return EngineStatus(index=index, generation=ctx.ref.generation, config_hash=ctx.config_hash)
 
 
 def is_leaving(record: EngineStatus, spec: VLLMClusterSpec) -> bool:
@@ -98,7 +100,7 @@ def watched(record: EngineStatus, ctx: EngineContext) -> bool:
     """The engine stays and has a job of its current settings: `decide` needs that job observed."""
     return (
         not is_leaving(record, ctx.spec)
-        and record.config_hash == ctx.config_hash
+        and (record.config_hash == ctx.config_hash or keeps_serving_until_replaced(record, ctx))
         and record.submission_id is not None
         # A given-up engine keeps its last submission id for the record; its job was stopped and is not
         # judged again (that would repeat GiveUp: its log read and EngineFailed posted at every pass).
@@ -151,25 +153,41 @@ def decide(
     may_submit: bool,
     slot_free: bool,
     logs: str | None = None,
+    successor: EngineStatus | None = None,
 ) -> Action:
     """What to do about one engine this pass.
 
     `job` and `probe` are read only for a `watched` engine: its job as Ray reports it (None: Ray does not
     know it) and its probe (None: not probed); `logs`, its job's log when `logs_due` (None: not read).
     `may_submit`: the RayCluster is ready and its GCS healthy. `slot_free`: an engine slot is free for a
-    submission (see `plan_replicas`)."""
+    submission (see `plan_replicas`). `successor`: for an outgoing engine (RollingReplicas), the record of
+    the new engine at its replica's index."""
     spec = ctx.spec
     if spec.suspend:
         return Retire(record, RETIRED_SUSPENDED)
     if record.index >= spec.replicas:
-        return Retire(record, RETIRED_SCALED_DOWN) if _drained(record, ctx) else _drain(record, ctx)
+        if record.outgoing is not None and not gives_way(record, successor, ctx):
+            return Wait(record, Waiting.REPLACEMENT_STARTING)
+        why = RETIRED_REPLACED if record.outgoing is not None else RETIRED_SCALED_DOWN
+        return Retire(record, why) if _drained(record, ctx) else _drain(record, ctx)
     if record.config_hash != ctx.config_hash:
+        if keeps_serving_until_replaced(record, ctx):
+            verdict = _judge_job(record, job, probe, ctx, logs)
+            if not isinstance(verdict, Restart | GiveUp):
+                return verdict  # it serves on until rollout.begin_replacements gives it its turn
+            # It failed: nothing left to protect, so it is replaced at once (not restarted on old settings).
         fresh = new_engine(record.index, ctx)
         replacement = _submit_or_wait(fresh, ctx, may_submit=may_submit, slot_free=slot_free)
-        return Retire(record, RETIRED_RECREATED, replacement)
+        return Retire(record, _why_recreated(record, ctx), replacement)
     if record.submission_id is None or record.budget_exhausted:
         return _submit_or_wait(record, ctx, may_submit=may_submit, slot_free=slot_free)
     return _judge_job(record, job, probe, ctx, logs)
+
+
+def _why_recreated(record: EngineStatus, ctx: EngineContext) -> str:
+    if not ctx.spec.rolling:
+        return RETIRED_RECREATED
+    return RETIRED_PODS_REPLACED if ctx.pods_replaced else RETIRED_STOPPED_SERVING
 
 
 def _submit_or_wait(
@@ -309,7 +327,10 @@ def _drained(record: EngineStatus, ctx: EngineContext) -> bool:
 def _drain(record: EngineStatus, ctx: EngineContext) -> Drain:
     since = record.draining_since or ctx.now
     draining = record.model_copy(update={"ready": False, "draining_since": since})
-    return Drain(draining, started=record.draining_since is None, drain_seconds=ctx.settings.drain_seconds)
+    why = "replaced by its new engine" if record.outgoing is not None else "scaled down"
+    return Drain(
+        draining, started=record.draining_since is None, drain_seconds=ctx.settings.drain_seconds, why=why
+    )
 
 
 # ---- without Ray ---------------------------------------------------------------------------------------
@@ -317,8 +338,10 @@ def _drain(record: EngineStatus, ctx: EngineContext) -> Drain:
 
 def engine_base_url(record: EngineStatus, ctx: EngineContext) -> str | None:
     """Where a staying engine of the current settings that has served was last seen (its probe address):
-    the engines worth asking themselves while the Ray dashboard does not answer."""
-    if not watched(record, ctx) or record.url is None:
+    the engines worth asking themselves while the Ray dashboard does not answer. An outgoing engine that
+    still serves (RollingReplicas) is one of them: a dashboard fault must not take it out of the Service."""
+    serves_on = record.outgoing is not None and record.draining_since is None
+    if not (watched(record, ctx) or serves_on) or record.url is None:
         return None
     if not (record.ready or record.unhealthy_since is not None):
         return None
@@ -388,6 +411,8 @@ def _look_again(engine: EngineStatus, ctx: EngineContext) -> float | None:
         return None
     if engine.draining_since is not None or (engine.submission_id is not None and not engine.ready):
         return ctx.settings.starting_probe_seconds
+    if engine.outgoing is not None:
+        return ctx.settings.starting_probe_seconds  # it gives way as soon as its replacement is ready
     if engine.submission_id is None and engine.restart_after is not None and ctx.now < engine.restart_after:
         return max((engine.restart_after - ctx.now).total_seconds(), MIN_REQUEUE_SECONDS)
     return None

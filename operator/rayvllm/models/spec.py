@@ -494,10 +494,51 @@ class RestartPolicySpec(ApiModel):
 
 
 class UpgradeStrategySpec(ApiModel):
-    """How spec changes reach running engines."""
+    """How spec changes reach running engines (docs/upgrades.md)."""
 
-    type: Literal["Recreate"] = Field(
-        "Recreate", description="Recreate: stop all engines, update the Ray cluster, start them again."
+    cel_rules = (
+        Rule(
+            # Checked after defaulting; an object stored before these fields existed has them absent.
+            cel="!has(self.type) || self.type != 'RollingReplicas' "
+            "|| (has(self.maxSurge) ? self.maxSurge : 1) + (has(self.maxUnavailable) ? self.maxUnavailable : 0)"
+            " >= 1",
+            message=(
+                "spec.upgradeStrategy.maxSurge + spec.upgradeStrategy.maxUnavailable must be >= 1 for type "
+                "RollingReplicas: with both 0 no engine could ever be replaced"
+            ),
+            holds=lambda strategy: (
+                strategy.type != "RollingReplicas" or strategy.max_surge + strategy.max_unavailable >= 1
+            ),
+            field_path=".maxSurge",
+        ),
+    )
+
+    type: Literal["Recreate", "RollingReplicas"] = Field(
+        "Recreate",
+        description=(
+            "Recreate: stop all engines, update the Ray cluster, start them again. RollingReplicas: replace "
+            "engines one at a time on a change of engine settings (model, engine), within maxSurge and "
+            "maxUnavailable; a change that replaces the Ray pods (spec.ray.image) still goes through Recreate."
+        ),
+    )
+    max_surge: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description=(
+            "RollingReplicas: new engines started beyond spec.replicas at once, each on an extra GPU worker "
+            "pod, while the old engine it replaces keeps serving."
+        ),
+    )
+    max_unavailable: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description=(
+            "RollingReplicas: how many engines below spec.replicas may be out of service at once because the "
+            "operator stopped an old engine before its replacement was ready (used when maxSurge is 0, or "
+            "when the surge worker pod cannot be scheduled)."
+        ),
     )
 
 
@@ -683,6 +724,15 @@ class VLLMClusterSpec(ApiModel):
         """GPU worker pods: ceil(replicas x TP x PP / gpusPerWorker). Kept while suspended (KubeRay's suspend
         removes the pods), so resuming restores the same shape."""
         return math.ceil(self.total_gpus / self.ray.worker.gpus_per_worker)
+
+    @property
+    def workers_per_engine(self) -> int:
+        """Worker pods one more engine needs: its GPUs, and at least one pod for its API server's slot."""
+        return math.ceil(self.gpus_per_engine / self.ray.worker.gpus_per_worker)
+
+    @property
+    def rolling(self) -> bool:
+        return self.upgrade_strategy.type == "RollingReplicas"
 
     @property
     def engine_slots_per_worker(self) -> int:

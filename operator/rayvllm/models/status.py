@@ -73,10 +73,39 @@ class EngineStage(StrEnum):
     FAILED = "Failed"
 
 
+# spec.replicas is at most 1000, so replica indexes are 0..999 and an outgoing engine (RollingReplicas: an
+# engine of older settings being replaced by the new engine of replica i) is kept at OUTGOING_INDEX_OFFSET + i,
+# where no replica index can reach it, whatever spec.replicas becomes meanwhile.
+OUTGOING_INDEX_OFFSET = 1000
+
+
+class Outgoing(StrEnum):
+    """How an outgoing engine gives way to its replacement (upgradeStrategy RollingReplicas)."""
+
+    SURGE = "Surge"
+    """It serves until its replacement, on an extra worker pod, is ready; then it drains."""
+    IN_PLACE = "InPlace"
+    """It drains first; its replacement starts on the engine slot it frees."""
+
+
 class EngineStatus(StatusModel):
     """One engine replica: a Ray job running vLLM's OpenAI server. Written by the engine supervisor."""
 
-    index: int = Field(ge=0, description="Replica index, 0..replicas-1.")
+    index: int = Field(
+        ge=0,
+        description=(
+            "Replica index, 0..replicas-1; 1000+i for an engine of older settings being replaced by replica "
+            "i's new engine (see outgoing)."
+        ),
+    )
+    outgoing: Outgoing | None = Field(
+        None,
+        description=(
+            "upgradeStrategy RollingReplicas: this engine runs older engine settings and is being replaced by "
+            "the engine at index-1000. Surge: it serves until its replacement (on an extra worker pod) is "
+            "ready, then drains; InPlace: it drains first and its replacement takes its engine slot."
+        ),
+    )
     submission_id: str | None = Field(
         None, max_length=256, description="Ray job submission id of the current attempt."
     )
@@ -162,6 +191,19 @@ class EngineStatus(StatusModel):
         ),
     )
     last_log_read_at: datetime | None = Field(None, description="When lastLogLine was read from Ray.")
+
+    @property
+    def replica(self) -> int:
+        """The replica this engine serves as: its index, or for an outgoing engine the replica its
+        replacement took."""
+        return self.index - OUTGOING_INDEX_OFFSET if self.outgoing is not None else self.index
+
+    @property
+    def label(self) -> str:
+        """How Events and messages name it."""
+        if self.outgoing is not None:
+            return f"engine {self.replica} (older settings, being replaced)"
+        return f"engine {self.index}"
 
 
 def engine_stage(engine: EngineStatus) -> EngineStage:
@@ -261,7 +303,19 @@ class VLLMClusterStatus(StatusModel):
         description="Ready, RayClusterReady, EnginesReady, Progressing, Degraded.",
     )
     replicas: int = Field(0, ge=0, description="Engines requested (spec.replicas); the /scale status.")
-    ready_replicas: int = Field(0, ge=0, description="Engines serving.")
+    ready_replicas: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Engines serving, an outgoing engine (upgradeStrategy RollingReplicas) counted while it serves in "
+            "place of its replacement."
+        ),
+    )
+    updated_replicas: int = Field(
+        0,
+        ge=0,
+        description="Engines serving with the current engine settings (their configHash is the spec's).",
+    )
     selector: str | None = Field(
         None, description="Label selector of the pods that serve, for the /scale subresource."
     )
