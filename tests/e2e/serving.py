@@ -34,6 +34,23 @@ def manifest(name: str, world: RealNodeWorld, **spec_changes: Any) -> dict[str, 
     return body
 
 
+def with_credentials(kube: Kube, namespace: str, body: dict[str, Any], hf_token: str, api_key: str) -> None:
+    """Stores an HF token and an API key in a Secret named after the object and points its spec at them:
+    the values a test later looks for where they must never appear."""
+    secret = f"{body['metadata']['name']}-credentials"
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": secret},
+            "stringData": {"hf-token": hf_token, "api-key": api_key},
+        },
+        namespace,
+    )
+    body["spec"]["model"]["hfTokenSecretRef"] = {"name": secret, "key": "hf-token"}
+    body["spec"]["engine"]["apiKeySecretRef"] = {"name": secret, "key": "api-key"}
+
+
 def vllm(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     found = kube.get_json("vllmcluster", name, "-n", namespace)
     assert found is not None, f"{namespace}/{name} is gone"

@@ -46,6 +46,7 @@ from tests.e2e.serving import (
     manifest,
     vllm,
     wait_ready,
+    with_credentials,
     worker_pods,
 )
 from tests.support.kube import Kube
@@ -93,16 +94,8 @@ def test_operator_restart_storm(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = "storm"
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "storm-credentials"},
-        "stringData": {"hf-token": HF_TOKEN, "api-key": API_KEY},
-    }
-    kube.apply(secret, namespace)
     body = manifest(name, real_node)
-    body["spec"]["model"]["hfTokenSecretRef"] = {"name": "storm-credentials", "key": "hf-token"}
-    body["spec"]["engine"]["apiKeySecretRef"] = {"name": "storm-credentials", "key": "api-key"}
+    with_credentials(kube, namespace, body, HF_TOKEN, API_KEY)
 
     # The yardstick: a pod-less object settled by an operator left alone.
     kube.apply(podless("yardstick", real_node), namespace)

@@ -40,6 +40,7 @@ from tests.e2e.serving import (
     serving_ips,
     vllm,
     wait_ready,
+    with_credentials,
 )
 from tests.support.kube import Kube
 from tests.support.wait import wait_for
@@ -104,16 +105,8 @@ def test_dashboard_freeze_keeps_serving_and_a_hung_engine_is_restarted(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     name, served = "faults", "tiny-llama"
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "faults-credentials"},
-        "stringData": {"hf-token": HF_TOKEN, "api-key": API_KEY},
-    }
-    kube.apply(secret, namespace)
     body = manifest(name, real_node)
-    body["spec"]["model"]["hfTokenSecretRef"] = {"name": "faults-credentials", "key": "hf-token"}
-    body["spec"]["engine"]["apiKeySecretRef"] = {"name": "faults-credentials", "key": "api-key"}
+    with_credentials(kube, namespace, body, HF_TOKEN, API_KEY)
     kube.apply(body, namespace)
     obj = wait_ready(kube, namespace, name)
     engine = engines(obj)[0]
