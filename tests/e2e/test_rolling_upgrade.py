@@ -1,19 +1,25 @@
-"""upgradeStrategy RollingReplicas on real pods (docs/upgrades.md): replicas 1, maxSurge 1, maxUnavailable 0.
-Under a steady load through the endpoint Service (the official `openai` client, retries off), a change of
-the engine settings that keeps the Ray pods (spec.engine.maxModelLen) starts the new engine on a surge
-worker pod while the old one serves, then drains and removes the old one: no request fails, never more than
-two worker pods, and exactly one Ray job runs at the end. A new generation that cannot start (a model that
-does not exist) stalls the rollout while the old engine keeps serving, with no rollback loop."""
+"""upgradeStrategy RollingReplicas on real pods (docs/upgrades.md), under a steady load through the endpoint
+Service (the official `openai` client, retries off), for a change of the engine settings that keeps the Ray
+pods (spec.engine.maxModelLen):
+- replicas 1, maxSurge 1 (`make test`): the new engine starts on a surge worker pod while the old one
+  serves, then the old one drains and its pod goes: no request fails, never more than two worker pods, and
+  exactly one Ray job runs at the end.
+- `make day2`: replicas 2 with room for exactly one surge pod (no request fails, never more than three
+  worker pods); replicas 2 with no room and maxUnavailable 1 (in place, one engine serves at every moment,
+  failures counted); a new generation that cannot start (a model that does not exist) stalls the rollout
+  while the old engine keeps serving, with no rollback loop."""
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from hack.localcluster.helm_release import OperatorRelease
+from tests.e2e.chaos import Background
 from tests.e2e.realnode import RealNodeWorld
 from tests.e2e.serving import (
     READY_TIMEOUT,
@@ -36,32 +42,114 @@ from tests.support.wait import wait_for
 pytestmark = pytest.mark.e2e
 
 ROLLING = {"type": "RollingReplicas", "maxSurge": 1, "maxUnavailable": 0}
+# Three worker pods and the head within the real node's two cores (200m + 3 x 550m, and a fourth does not
+# fit): capacity for exactly one surge pod beside two replicas. KubeRay still gives each worker one Ray CPU.
+SLIM_WORKER = {"requests": {"cpu": "550m", "memory": "2Gi"}}
 
 
-class PodCeiling:
-    """Samples the worker pods (terminating ones included: they still hold their share of the node) in a
-    thread, keeping the most seen at once."""
+@dataclass
+class RolloutWatch(Background):
+    """Samples, every second until stopped, the worker pods (terminating ones included: they still hold
+    their share of the node; the most seen at once) and the endpoint Service's ready endpoints (the fewest)."""
 
-    def __init__(self, kube: Kube, namespace: str, name: str) -> None:
-        self._kube, self._namespace, self._name = kube, namespace, name
-        self.most = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PodCeiling:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+    kube: Kube
+    namespace: str
+    name: str
+    most_pods: int = 0
+    fewest_serving: int | None = None
+    samples: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.most = max(self.most, len(worker_pods(self._kube, self._namespace, self._name)))
+        while not self._stop.wait(1.0):  # each look is two kubectl calls: the cores load models meanwhile
+            self.most_pods = max(self.most_pods, len(worker_pods(self.kube, self.namespace, self.name)))
+            serving = len(serving_ips(self.kube, self.namespace, self.name))
+            self.fewest_serving = (
+                serving if self.fewest_serving is None else min(self.fewest_serving, serving)
+            )
             self.samples += 1
-            self._stop.wait(0.5)
+
+
+@dataclass(frozen=True)
+class Rolled:
+    seconds: float
+    sent: int
+    failures: list[str]
+    reasons: list[str]
+    watch: RolloutWatch
+    obj: dict[str, Any]
+
+
+def roll(
+    kube: Kube, namespace: str, name: str, body: dict[str, Any], replicas: int, *, surge: bool = True
+) -> Rolled:
+    """Applies `body`, waits for it to serve, then under a steady load through the Service halves
+    spec.engine.maxModelLen (an engine setting that keeps the Ray pods) and waits until every replica's
+    engine of the new generation serves alone and, when the new engines `surge` onto pods of their own, every
+    old worker pod is gone (in place, the new engines run on the old pods)."""
+    served = body["spec"]["model"].get("servedModelName", name)
+    kube.apply(body, namespace)
+    obj = wait_ready(kube, namespace, name, replicas)
+    assert obj["status"]["updatedReplicas"] == replicas, obj["status"]
+    assert conditions(obj)["Progressing"]["reason"] == "RolloutComplete", conditions(obj)
+    old_pods = {e["podName"] for e in engines(obj).values()}
+    base_url = endpoint(kube, namespace, name)
+    wait_for(
+        lambda: len(serving_ips(kube, namespace, name)) == replicas,
+        timeout=60,
+        what="the Service's endpoints",
+    )
+    with RolloutWatch(kube, namespace, name) as watch, Load(base_url, served, rate=2.0, limit=10_000) as load:
+        time.sleep(5)  # the load runs against the old engines first
+        changed, sent_before = time.monotonic(), load.sent
+        max_model_len = body["spec"]["engine"]["maxModelLen"] // 2
+        patch = f'{{"spec":{{"engine":{{"maxModelLen":{max_model_len}}}}}}}'
+        kube.kubectl("patch", "vllm", name, "-n", namespace, "--type=merge", "-p", patch)
+        generation = vllm(kube, namespace, name)["metadata"]["generation"]
+        reasons: list[str] = []
+
+        def rolled() -> dict[str, Any] | None:
+            obj = vllm(kube, namespace, name)
+            reason = conditions(obj).get("Progressing", {}).get("reason", "")
+            if not reasons or reasons[-1] != reason:
+                reasons.append(reason)
+            by_index = engines(obj)
+            done = (
+                set(by_index) == set(range(replicas))
+                and all(f"-g{generation}-a" in (e.get("submissionId") or "") for e in by_index.values())
+                and all(e.get("ready") is True for e in by_index.values())
+                and not (surge and old_pods & set(worker_pods(kube, namespace, name)))
+            )
+            return obj if done else None
+
+        # Each new engine loads beside the serving old ones on the same two cores; then the old pod goes.
+        obj = wait_for(
+            rolled, timeout=(replicas + 1) * READY_TIMEOUT, interval=1, what="the new engines alone"
+        )
+        seconds, sent = time.monotonic() - changed, load.sent - sent_before
+        time.sleep(5)  # requests keep succeeding on the new engines alone
+    return Rolled(seconds, sent, list(load.failures), reasons, watch, obj)
+
+
+def assert_settled(kube: Kube, namespace: str, name: str, rolled: Rolled, replicas: int) -> None:
+    """The rollout ended as the docs say: RolloutComplete, every replica updated and ready, exactly one
+    running Ray job per replica (the new ones), one worker pod per replica."""
+    wait_for(
+        lambda: conditions(vllm(kube, namespace, name))["Progressing"]["reason"] == "RolloutComplete",
+        timeout=60,
+        what="Progressing RolloutComplete",
+    )
+    obj = vllm(kube, namespace, name)
+    status = obj["status"]
+    assert status["updatedReplicas"] == replicas and status["readyReplicas"] == replicas, status
+    assert conditions(obj)["Ready"]["status"] == "True", conditions(obj)
+    jobs = jobs_of(kube, namespace, name)
+    running = sorted(sid for sid, state in jobs.items() if state == "RUNNING")
+    assert running == sorted(e["submissionId"] for e in engines(obj).values()), jobs
+    wait_for(
+        lambda: len(worker_pods(kube, namespace, name)) == replicas, timeout=120, what="the old pods gone"
+    )
 
 
 # Two model loads (the first engine, then its replacement beside it) on two shared cores.
@@ -75,75 +163,79 @@ def test_rolling_upgrade_under_load_fails_no_request(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = "rolling"
-    body = manifest(name, real_node, upgradeStrategy=ROLLING)
-    served = body["spec"]["model"].get("servedModelName", name)
-    kube.apply(body, namespace)
-    obj = wait_ready(kube, namespace, name)
-    old = engines(obj)[0]
-    assert obj["status"]["updatedReplicas"] == 1, obj["status"]
-    assert conditions(obj)["Progressing"]["reason"] == "RolloutComplete", conditions(obj)
-    old_pod = old["podName"]
-
-    base_url = endpoint(kube, namespace, name)
-    wait_for(lambda: serving_ips(kube, namespace, name), timeout=60, what="the Service's first endpoint")
-    with PodCeiling(kube, namespace, name) as ceiling, Load(base_url, served, rate=2.0, limit=10_000) as load:
-        time.sleep(5)  # the load runs against the old engine first
-        changed, sent_before = time.monotonic(), load.sent
-        max_model_len = body["spec"]["engine"]["maxModelLen"] // 2
-        kube.kubectl(
-            "patch",
-            "vllm",
-            name,
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            f'{{"spec":{{"engine":{{"maxModelLen":{max_model_len}}}}}}}',
-        )
-        generation = vllm(kube, namespace, name)["metadata"]["generation"]
-        reasons: list[str] = []
-
-        def rolled() -> dict[str, Any] | None:
-            obj = vllm(kube, namespace, name)
-            reason = conditions(obj).get("Progressing", {}).get("reason", "")
-            if not reasons or reasons[-1] != reason:
-                reasons.append(reason)
-            by_index = engines(obj)
-            new = by_index.get(0, {})
-            done = (
-                set(by_index) == {0}
-                and f"-g{generation}-a0-" in (new.get("submissionId") or "")
-                and new.get("ready") is True
-                and old_pod not in worker_pods(kube, namespace, name)
-            )
-            return obj if done else None
-
-        # The new engine loads beside the serving old one on the same two cores; then the old pod goes.
-        obj = wait_for(rolled, timeout=2 * READY_TIMEOUT, interval=1, what="the new engine serving alone")
-        rolled_in, sent_during = time.monotonic() - changed, load.sent - sent_before
-        time.sleep(5)  # requests keep succeeding on the new engine alone
-    report(capsys, "rolling upgrade, replicas 1, maxSurge 1", {"rolled": rolled_in})
+    rolled = roll(kube, namespace, name, manifest(name, real_node, upgradeStrategy=ROLLING), replicas=1)
+    report(capsys, "rolling upgrade, replicas 1, maxSurge 1", {"rolled": rolled.seconds})
+    print(
+        f"rolling replicas 1: {rolled.sent} requests, {len(rolled.failures)} failed, reasons {rolled.reasons}"
+    )
 
     # The load ran throughout (requests are sequential: a busy CPU slows them below the rate).
-    assert sent_during >= 20, (sent_during, rolled_in)
-    assert load.failures == [], f"{len(load.failures)}/{load.sent} requests failed: {load.failures[:5]}"
-    assert ceiling.samples > 0 and ceiling.most <= 2, (ceiling.most, ceiling.samples)
-    assert "RollingSurge" in reasons, reasons
-    wait_for(
-        lambda: conditions(vllm(kube, namespace, name))["Progressing"]["reason"] == "RolloutComplete",
-        timeout=60,
-        what="Progressing RolloutComplete",
+    assert rolled.sent >= 20, (rolled.sent, rolled.seconds)
+    assert rolled.failures == [], f"{len(rolled.failures)}/{rolled.sent} failed: {rolled.failures[:5]}"
+    assert rolled.watch.samples > 0 and rolled.watch.most_pods <= 2, rolled.watch
+    assert rolled.watch.fewest_serving, rolled.watch
+    assert "RollingSurge" in rolled.reasons, rolled.reasons
+    assert_settled(kube, namespace, name, rolled, replicas=1)
+
+
+@pytest.mark.day2
+@pytest.mark.timeout(3000)
+def test_rolling_upgrade_of_two_replicas_surges_into_the_one_spare_pod(
+    kube: Kube,
+    namespace: str,
+    volumes: None,
+    in_cluster_operator: OperatorRelease,
+    real_node: RealNodeWorld,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = "rolling-two"
+    body = manifest(name, real_node, replicas=2, upgradeStrategy=ROLLING)
+    body["spec"]["ray"]["worker"]["resources"] = SLIM_WORKER
+    rolled = roll(kube, namespace, name, body, replicas=2)
+    report(capsys, "rolling upgrade, replicas 2, maxSurge 1", {"rolled": rolled.seconds})
+    print(
+        f"rolling replicas 2: {rolled.sent} requests, {len(rolled.failures)} failed, reasons {rolled.reasons}"
     )
-    obj = vllm(kube, namespace, name)
-    assert obj["status"]["updatedReplicas"] == 1 and obj["status"]["readyReplicas"] == 1, obj["status"]
-    assert conditions(obj)["Ready"]["status"] == "True", conditions(obj)
-    jobs = jobs_of(kube, namespace, name)
-    running = [sid for sid, status in jobs.items() if status == "RUNNING"]
-    assert running == [engines(obj)[0]["submissionId"]], jobs
-    assert jobs[old["submissionId"]] == "STOPPED", jobs
-    assert len(worker_pods(kube, namespace, name, terminating=False)) == 1
+
+    assert rolled.sent >= 20, (rolled.sent, rolled.seconds)
+    assert rolled.failures == [], f"{len(rolled.failures)}/{rolled.sent} failed: {rolled.failures[:5]}"
+    assert rolled.watch.samples > 0 and rolled.watch.most_pods <= 3, rolled.watch
+    assert rolled.watch.fewest_serving, rolled.watch
+    assert "RollingSurge" in rolled.reasons, rolled.reasons
+    assert_settled(kube, namespace, name, rolled, replicas=2)
 
 
+@pytest.mark.day2
+@pytest.mark.timeout(3000)
+def test_rolling_upgrade_without_spare_capacity_goes_in_place_and_one_engine_always_serves(
+    kube: Kube,
+    namespace: str,
+    volumes: None,
+    in_cluster_operator: OperatorRelease,
+    real_node: RealNodeWorld,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two replicas on the node's two workers leave no room for a third: the surge pod stays Pending as
+    unschedulable, and with maxUnavailable 1 the operator gives the surge up and replaces each engine in
+    place, one at a time, while the other serves."""
+    name = "rolling-full"
+    strategy = {"type": "RollingReplicas", "maxSurge": 1, "maxUnavailable": 1}
+    body = manifest(name, real_node, replicas=2, upgradeStrategy=strategy)
+    rolled = roll(kube, namespace, name, body, replicas=2, surge=False)
+    report(capsys, "rolling upgrade, replicas 2, no spare capacity", {"rolled": rolled.seconds})
+    print(
+        f"rolling in place: {rolled.sent} requests, {len(rolled.failures)} failed, reasons {rolled.reasons}"
+    )
+
+    assert rolled.sent >= 20, (rolled.sent, rolled.seconds)
+    assert rolled.watch.samples > 0 and rolled.watch.fewest_serving, rolled.watch  # never dark
+    assert "RollingDrainOld" in rolled.reasons, rolled.reasons
+    replacing = [e["message"] for e in kube.events(namespace, name) if e["reason"] == "EngineReplacing"]
+    assert any("cannot be scheduled" in m for m in replacing), replacing
+    assert_settled(kube, namespace, name, rolled, replicas=2)
+
+
+@pytest.mark.day2
 @pytest.mark.timeout(1200)
 def test_failing_new_generation_stalls_the_rollout_and_the_old_engine_serves(
     kube: Kube,
