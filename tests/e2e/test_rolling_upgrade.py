@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from hack.localcluster.helm_release import OperatorRelease
+from hack.localcluster.workloads import MODEL_CLAIM
 from tests.e2e.chaos import Background
 from tests.e2e.realnode import RealNodeWorld
 from tests.e2e.serving import (
@@ -256,17 +257,11 @@ def test_failing_new_generation_stalls_the_rollout_and_the_old_engine_serves(
     wait_for(lambda: serving_ips(kube, namespace, name), timeout=60, what="the Service's first endpoint")
     with Load(base_url, served, rate=2.0, limit=10_000) as load:
         changed = time.monotonic()
-        # A model that does not exist, on the same pods (an absolute path: no volume changes).
-        kube.kubectl(
-            "patch",
-            "vllm",
-            name,
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            '{"spec":{"model":{"source":"/models/no-such-model"}}}',
-        )
+        # A model that does not exist on the same claim: the pods keep their volumes (another claim, or a
+        # plain path, would change the pod template and so go the Recreate way).
+        missing = f"pvc://{MODEL_CLAIM}/no-such-model"
+        patch = f'{{"spec":{{"model":{{"source":"{missing}"}}}}}}'
+        kube.kubectl("patch", "vllm", name, "-n", namespace, "--type=merge", "-p", patch)
 
         def given_up() -> dict[str, Any] | None:
             obj = vllm(kube, namespace, name)
