@@ -21,7 +21,7 @@ node-packages:
 	bash hack/install-node-packages.sh
 
 ## tools: build (or reuse from ~/.cache/rayvllm) etcd, Kubernetes (with kubelet, kube-proxy), kwok, KubeRay,
-## CoreDNS and helm from Go modules
+## CoreDNS and helm from Go modules, and the tests' Prometheus and Toxiproxy
 tools: node-packages
 	bash hack/build-tools.sh
 

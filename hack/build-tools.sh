@@ -91,6 +91,15 @@ build_prometheus() {
     "github.com/prometheus/prometheus/cmd/prometheus@v$v"
 }
 
+# Toxiproxy's server for the chaos suite's dashboard faults (the test drives its HTTP API, so no CLI). Its
+# version variable says "git" unless stamped; the module's `server` command is installed under its own name.
+build_toxiproxy() {
+  local v=$1 out=$2
+  GOBIN="$out" go install -trimpath -ldflags "-s -w -X github.com/Shopify/toxiproxy/v2.Version=$v" \
+    "github.com/Shopify/toxiproxy/v2/cmd/server@v$v"
+  mv "$out/server" "$out/toxiproxy-server"
+}
+
 total=$SECONDS
 build kubernetes "$K8S_VERSION" build_kubernetes
 build kubernetes-node "$K8S_VERSION" build_kubernetes_node
@@ -100,4 +109,5 @@ build kwok "$KWOK_VERSION" build_kwok
 build helm "$HELM_VERSION" build_helm
 build coredns "$COREDNS_VERSION" build_coredns
 build prometheus "$PROMETHEUS_VERSION" build_prometheus
+build toxiproxy "$TOXIPROXY_VERSION" build_toxiproxy
 log "all tools ready in $((SECONDS - total))s under $cache"

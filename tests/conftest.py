@@ -1,6 +1,6 @@
 """Fixtures shared by the integration and e2e tiers: the real local control plane, a fresh namespace
 per test. Unit tests use none of these and need nothing running, except the pinned tool binaries (helm,
-Prometheus) some of them run."""
+Prometheus, Toxiproxy) some of them run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,19 +28,29 @@ from tests.support.wait import wait_for
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "rayvllm-hypothesis")
 
 
-@pytest.fixture(scope="session")
-def prometheus_binary() -> Path:
-    """The pinned Prometheus that hack/build-tools.sh builds; a missing one fails the test, naming the fix."""
+def _pinned_binary(what: str, path: Callable[[Tools], Path]) -> Path:
+    """A binary hack/build-tools.sh builds (at `path` among the tools); a missing one fails the test, naming
+    the fix."""
     try:
         tools = Tools.from_cache()
     except SystemExit as missing:  # raised for the command-line scripts; a test must fail, not exit
         pytest.fail(str(missing), pytrace=False)
-    binary = tools.prometheus / "prometheus"
+    binary = path(tools)
     if not os.access(binary, os.X_OK):
-        pytest.fail(
-            f"no Prometheus binary at {binary}: run `make tools` (hack/build-tools.sh)", pytrace=False
-        )
+        pytest.fail(f"no {what} binary at {binary}: run `make tools` (hack/build-tools.sh)", pytrace=False)
     return binary
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> Path:
+    """The pinned Prometheus."""
+    return _pinned_binary("Prometheus", lambda tools: tools.prometheus / "prometheus")
+
+
+@pytest.fixture(scope="session")
+def toxiproxy_binary() -> Path:
+    """The pinned Toxiproxy server."""
+    return _pinned_binary("Toxiproxy", lambda tools: tools.toxiproxy / "toxiproxy-server")
 
 
 def _reachable(kube: Kube) -> bool:

@@ -38,6 +38,7 @@ class Tools:
     helm: Path
     coredns: Path
     prometheus: Path
+    toxiproxy: Path
 
     @classmethod
     def from_cache(cls) -> Tools:
@@ -52,6 +53,7 @@ class Tools:
             helm=cache / f"helm-v{v['HELM_VERSION']}",
             coredns=cache / f"coredns-v{v['COREDNS_VERSION']}",
             prometheus=cache / f"prometheus-v{v['PROMETHEUS_VERSION']}",
+            toxiproxy=cache / f"toxiproxy-v{v['TOXIPROXY_VERSION']}",
         )
         missing = [str(p) for p in vars(tools).values() if not (p / ".complete").exists()]
         if missing:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import httpx
+import pytest
 
 from hack.localcluster.helm_release import OperatorRelease
 from rayvllm.builders.labels import SERVING, SERVING_LABEL
@@ -48,6 +49,13 @@ class ChaosRow:
 
 # This session's rows; tests/e2e/conftest.py prints them as one table at the end of the run.
 TABLE: list[ChaosRow] = []
+
+
+def record(row: ChaosRow, capsys: pytest.CaptureFixture[str]) -> None:
+    """Adds a scenario's row to the table, and shows it at once."""
+    TABLE.append(row)
+    with capsys.disabled():
+        print(f"\n[chaos] {row}")
 
 
 def format_table(rows: list[ChaosRow]) -> str:

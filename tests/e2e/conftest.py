@@ -8,10 +8,11 @@ Missing pieces FAIL the tests, they never skip them: a cluster without a real no
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import pytest
 
@@ -97,6 +98,31 @@ def real_node(kube: Kube, ray_venv: RayVenv) -> RealNodeWorld:
     return RealNodeWorld(images=built, node_name=NODE_NAME, model_root=model_root, volumes_root=root)
 
 
+@contextmanager
+def installed_operator(
+    kube: Kube,
+    operator: OperatorProcess,
+    real_node: RealNodeWorld,
+    home: Path,
+    settings: Mapping[str, Any],
+) -> Iterator[OperatorRelease]:
+    """The chart installed with `settings` for the block, the integration tier's operator paused meanwhile;
+    afterwards its log is kept beside `home` (in-cluster-operator.log), the release and its namespace go,
+    and the integration tier's operator runs again."""
+    # A namespace of its own: the integration tier installs manifests/install.yaml into rayvllm-system.
+    release = OperatorRelease(kube.kubeconfig, Tools.from_cache(), home, namespace="rayvllm-e2e")
+    operator.stop()
+    try:
+        release.install(real_node.images.operator, settings)
+        yield release
+    finally:
+        logs = release.logs()
+        (home.parent / "in-cluster-operator.log").write_text(logs)
+        release.uninstall()
+        kube.kubectl("delete", "namespace", release.namespace, "--wait=true", "--timeout=180s", check=False)
+        operator.start()
+
+
 @pytest.fixture(scope="module")
 def in_cluster_operator(
     kube: Kube,
@@ -110,20 +136,10 @@ def in_cluster_operator(
     the real node; it reaches Ray dashboards through their head Services and engines on their pods. The
     integration tier's operator (on this machine, watching every namespace) is paused meanwhile: two
     operators must never reconcile one object."""
-    # A namespace of its own: the integration tier installs manifests/install.yaml into rayvllm-system.
-    release = OperatorRelease(
-        kube.kubeconfig, Tools.from_cache(), tmp_path_factory.mktemp("helm"), namespace="rayvllm-e2e"
-    )
-    operator.stop()
-    try:
-        release.install(real_node.images.operator, E2E_SETTINGS)
+    with installed_operator(
+        kube, operator, real_node, tmp_path_factory.mktemp("helm"), E2E_SETTINGS
+    ) as release:
         yield release
-    finally:
-        logs = release.logs()
-        (tmp_path_factory.getbasetemp() / "in-cluster-operator.log").write_text(logs)
-        release.uninstall()
-        kube.kubectl("delete", "namespace", release.namespace, "--wait=true", "--timeout=180s", check=False)
-        operator.start()
 
 
 @pytest.fixture

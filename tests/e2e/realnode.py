@@ -30,6 +30,7 @@ class RealNodeWorld:
         return self.volumes_root / "cache" / namespace
 
 
+DASHBOARD_PORT = 8265
 SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "tiny-cpu.yaml"
 
 
@@ -126,20 +127,30 @@ def start_ray_on_pods(
     return RayOnPods(name, namespace, dashboard, token, by_type["head"], by_type["worker"])
 
 
-def dashboard_of(kube: Kube, namespace: str, name: str) -> tuple[str, str]:
-    """RayCluster `name`'s dashboard as this machine reaches it (its head Service's ClusterIP, through
-    kube-proxy) and the token KubeRay generated for it."""
+def dashboard_host(kube: Kube, namespace: str, name: str) -> str | None:
+    """Where this machine reaches RayCluster `name`'s dashboard: its head Service's ClusterIP (through
+    kube-proxy), or for a headless head Service its one endpoint, the head pod's IP. None while KubeRay has
+    not made the Service (or the headless Service's head pod has no IP yet)."""
     service = kube.get_json("service", f"{name}-head-svc", "-n", namespace)
-    assert service, f"no head Service for {namespace}/{name}"
+    if not service:
+        return None
     host = service["spec"]["clusterIP"]
-    if host == "None":  # a headless head Service: its one endpoint is the head pod
-        (head,) = [
+    if host == "None":
+        heads = [
             p for p in pods_of(kube, namespace, name) if p["metadata"]["labels"]["ray.io/node-type"] == "head"
         ]
-        host = head["status"]["podIP"]
+        host = (heads[0].get("status") or {}).get("podIP") if len(heads) == 1 else None
+    return str(host) if host else None
+
+
+def dashboard_of(kube: Kube, namespace: str, name: str) -> tuple[str, str]:
+    """RayCluster `name`'s dashboard URL as this machine reaches it (dashboard_host) and the token KubeRay
+    generated for it."""
+    host = dashboard_host(kube, namespace, name)
+    assert host, f"no head Service (or head pod IP) for {namespace}/{name}"
     secret = kube.get_json("secret", ray_auth_secret_name(name), "-n", namespace)
     assert secret, f"KubeRay wrote no token Secret for {namespace}/{name}"
-    return f"http://{host}:8265", base64.b64decode(secret["data"][RAY_AUTH_TOKEN_KEY]).decode()
+    return f"http://{host}:{DASHBOARD_PORT}", base64.b64decode(secret["data"][RAY_AUTH_TOKEN_KEY]).decode()
 
 
 def stop_ray_on_pods(kube: Kube, ray: RayOnPods) -> None:

@@ -37,7 +37,6 @@ from rayvllm.engine.decide import JOB_GONE
 from rayvllm.models.spec import RestartPolicySpec
 from tests.e2e.chaos import (
     FULL,
-    TABLE,
     ChaosRow,
     RouteWatch,
     Watch,
@@ -45,6 +44,7 @@ from tests.e2e.chaos import (
     kill_container,
     live_jobs_per_replica,
     misrouted,
+    record,
     restart_count,
     secret_hits,
 )
@@ -163,12 +163,6 @@ def under_load(kube: Kube, namespace: str, served: Served, row: ChaosRow) -> Ite
             yield watch, load
     row.requests_sent, row.requests_failed = load.sent, len(load.failures)
     row.duplicate_submissions = watch.most_duplicates
-
-
-def record(row: ChaosRow, capsys: pytest.CaptureFixture[str]) -> None:
-    TABLE.append(row)
-    with capsys.disabled():
-        print(f"\n[chaos] {row}")
 
 
 @pytest.mark.timeout(3000 if FULL else 1500)

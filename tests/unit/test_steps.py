@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
@@ -15,10 +16,13 @@ import pytest
 from rayvllm.builders import build_ray_cluster, build_service
 from rayvllm.builders.labels import SERVING_LABEL, SPEC_HASH_ANNOTATION
 from rayvllm.drift import holds, needs_apply
-from rayvllm.errors import KubernetesRejectedError
+from rayvllm.engine.fingerprint import engine_config_hash
+from rayvllm.engine.probe import EngineProbe, EngineState, LoadSample
+from rayvllm.errors import KubernetesRejectedError, RayError
 from rayvllm.identity import ClusterRef
 from rayvllm.models import EngineStatus, Phase, parse_spec
-from rayvllm.observed import count_pods, live_workers, newer, pod_view, trimmed
+from rayvllm.models.rayapi import ClusterResources, JobInfo
+from rayvllm.observed import PodCounts, count_pods, live_workers, newer, pod_view, trimmed
 from rayvllm.plans import (
     BACKOFF_LIMIT,
     Missing,
@@ -405,3 +409,113 @@ def test_a_cluster_not_ready_with_no_engine_waits_for_its_pods_watch() -> None:
     asyncio.run(supervise_engines(p, cast(Clients, SimpleNamespace())))
     assert p.outcome.requeue_after == settings.resync_seconds * BACKOFF_LIMIT
     assert p.engines == [] and p.loads is None
+
+
+# ---- engines while the Ray dashboard fails ---------------------------------------------------------------
+
+SERVING_POD = "llama-gpu-0"
+SERVING_ENGINE = EngineStatus(
+    index=0,
+    submission_id="rayvllm-llama-r0-g1-a0-0123abcd",
+    generation=1,
+    config_hash=engine_config_hash(SPEC),
+    job_status="RUNNING",
+    ready=True,
+    health=EngineState.READY.value,
+    url="http://10.88.0.7:8000/v1",
+    pod_name=SERVING_POD,
+    started_at=T0 - timedelta(minutes=5),
+    load_seconds=60,
+)
+
+
+class FailingDashboard:
+    """A Ray dashboard behind a network that fails at the call named `fails_at` (RayError, as the client
+    raises it once its retries are spent: a timeout, a reset, a refused connection, an answer cut short).
+    Every call is recorded. It has no submit, stop or logs: a pass that called one would fail."""
+
+    base_url = "http://10.88.0.1:41000"
+
+    def __init__(self, fails_at: str) -> None:
+        self.fails_at = fails_at
+        self.calls: list[str] = []
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.fails_at:
+            raise RayError(f"GET {self.base_url}: timed out (ReadTimeout)")
+
+    async def gcs_healthy(self) -> bool:
+        self._call("gcs_healthy")
+        return True
+
+    async def cluster_resources(self) -> ClusterResources:
+        self._call("cluster_resources")
+        return ClusterResources(nodes=())
+
+    async def get(self, submission_id: str) -> JobInfo:
+        self._call("get")
+        return JobInfo(
+            submission_id=submission_id, status="RUNNING", driver_agent_http_address="http://10.88.0.7:52365"
+        )
+
+    async def aclose(self) -> None:
+        pass
+
+
+@dataclass
+class Engine:
+    """The engine's own API as the prober finds it."""
+
+    state: EngineState
+
+    async def probe(self, base_url: str, served_model_name: str, api_key: str | None = None) -> EngineProbe:
+        return EngineProbe(self.state, self.state.value)
+
+    async def load(self, base_url: str) -> LoadSample | None:
+        return None
+
+
+def pass_with_dashboard_fault(ray: FailingDashboard, engine: Engine) -> Pass:
+    """One supervision pass over a ready RayCluster whose one engine has been serving."""
+    body = {"metadata": {"namespace": "team", "name": "llama", "uid": "uid-1", "generation": 1}}
+    memory = Memory(ray_token="token", ray_token_of="rc-uid")  # the token is known: no Secret read
+    p = Pass(ClusterRef.of(body), body, Settings(resync_seconds=2), T0, Children(), memory, None, spec=SPEC)
+    p.ray_cluster = {"metadata": {"name": "llama", "uid": "rc-uid"}}
+    p.pods = PodCounts(head_ready=True, ready_workers=SPEC.desired_workers)
+    p.engines = [SERVING_ENGINE]
+    io = SimpleNamespace(
+        dashboards=SimpleNamespace(client=lambda url, token: ray),
+        prober=engine,
+        limiter=asyncio.Semaphore(4),
+    )
+    asyncio.run(supervise_engines(p, cast(Clients, io)))
+    return p
+
+
+FAILING_CALLS = ("gcs_healthy", "cluster_resources", "get")
+
+
+@pytest.mark.parametrize("fails_at", FAILING_CALLS)
+def test_a_dashboard_fault_alone_keeps_an_answering_engine_serving(fails_at: str) -> None:
+    ray = FailingDashboard(fails_at)
+    p = pass_with_dashboard_fault(ray, Engine(EngineState.READY))
+    # Only reads, up to the one that failed: nothing submitted, stopped or restarted.
+    assert ray.calls == list(FAILING_CALLS[: FAILING_CALLS.index(fails_at) + 1])
+    assert p.engines == [SERVING_ENGINE]
+    assert serving_changes([pod_view(pod(SERVING_POD, serving=True))], p.engines) == {}
+    assert [problem.reason for problem in p.problems] == [Reason.RAY_DASHBOARD_UNREACHABLE]
+    # A serving engine's own probe keeps the normal cadence: no backoff.
+    assert p.outcome.requeue_after == p.settings.resync_seconds
+
+
+@pytest.mark.parametrize("fails_at", FAILING_CALLS)
+def test_with_the_dashboard_failing_an_engine_that_stops_answering_leaves_the_service_unrestarted(
+    fails_at: str,
+) -> None:
+    p = pass_with_dashboard_fault(FailingDashboard(fails_at), Engine(EngineState.UNRESPONSIVE))
+    (engine,) = p.engines
+    assert not engine.ready
+    assert serving_changes([pod_view(pod(SERVING_POD, serving=True))], p.engines) == {SERVING_POD: False}
+    kept = ("submission_id", "attempt", "restarts", "unhealthy_since", "restart_after", "last_failure")
+    assert {f: getattr(engine, f) for f in kept} == {f: getattr(SERVING_ENGINE, f) for f in kept}
