@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from rayvllm.builders.labels import (
     SERVING_LABEL,
 )
 from rayvllm.builders.raycluster import ENGINE_PORT_NAME
-from tests.support.wait import wait_for
+from tests.support.local_server import LocalServer
 
 DASHBOARD = CHART / "dashboards" / "rayvllm.json"
 RULES = CHART / "rules" / "rayvllm.rules.yaml"
@@ -162,67 +160,22 @@ def rules_with_short_for(for_: str) -> tuple[dict[str, Any], int]:
     return rules, changed
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class PromQLError(AssertionError):
     pass
 
 
 @dataclass
-class Prometheus:
-    binary: Path
-    home: Path
-    port: int = field(default_factory=free_loopback_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> Path:
-        return self.home / "prometheus.log"
-
+class Prometheus(LocalServer):
     def start(self, config: Mapping[str, Any], rules: Mapping[str, Any]) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "prometheus.yml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
         (self.home / "rules.yaml").write_text(yaml.safe_dump(dict(rules), sort_keys=False))
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(self.binary),
-                    f"--config.file={self.home / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={self.home / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.home,
-            )
-
-        def ready() -> bool:
-            assert self.process is not None and self.process.poll() is None, (
-                f"prometheus exited ({self.process and self.process.returncode}):\n{self.log.read_text()[-3000:]}"
-            )
-            try:
-                return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout=60, interval=0.5, what=f"Prometheus ready at {self.url}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # our own child, by its pid
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        args = [
+            f"--config.file={self.home / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.home / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]
+        self.launch(args, "/-/ready", timeout=60, interval=0.5)
 
     def api(self, path: str, **params: str) -> Any:
         answer = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=30)

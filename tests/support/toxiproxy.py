@@ -6,16 +6,13 @@ this process's child, started and stopped by its pid."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 
-from tests.support.operator import free_port
-from tests.support.wait import wait_for
+from tests.support.local_server import LocalServer
 
 # Which way a toxic acts: `downstream` on what the upstream answers, `upstream` on what the client sends.
 Stream = Literal["upstream", "downstream"]
@@ -68,49 +65,9 @@ class ToxiproxyError(AssertionError):
 
 
 @dataclass
-class Toxiproxy:
-    binary: Path
-    home: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> Path:
-        return self.home / "toxiproxy.log"
-
+class Toxiproxy(LocalServer):
     def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [str(self.binary), "-host", "127.0.0.1", "-port", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.home,
-            )
-
-        def ready() -> bool:
-            assert self.process is not None and self.process.poll() is None, (
-                f"toxiproxy exited ({self.process and self.process.returncode}):\n{self.log.read_text()[-3000:]}"
-            )
-            try:
-                return httpx.get(f"{self.url}/version", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout=30, interval=0.2, what=f"Toxiproxy's API at {self.url}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # our own child, by its pid
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        self.launch(["-host", "127.0.0.1", "-port", str(self.port)], "/version", timeout=30)
 
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         answer = httpx.request(method, f"{self.url}{path}", json=body, timeout=10)

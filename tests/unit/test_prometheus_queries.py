@@ -15,12 +15,12 @@ import pytest
 from prometheus_client import start_http_server
 
 from rayvllm import metrics
+from tests.support.operator import free_port
 from tests.support.prometheus import (
     Prometheus,
     PromQLError,
     dashboard_targets,
     dashboard_variables,
-    free_loopback_port,
     rules_with_short_for,
     substituted,
 )
@@ -41,7 +41,7 @@ def status(ready: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def prometheus(prometheus_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    port = free_loopback_port()
+    port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1")
     metrics.record(NAMESPACE, NAME, status(ready=2))
     rules, _ = rules_with_short_for("2s")
