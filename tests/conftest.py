@@ -162,9 +162,12 @@ def operator(kube: Kube, crds: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The chaos table: one row per chaos scenario that ran this session (e2e on real pods, and the
-    control-plane faults on a cluster of their own)."""
+    control-plane faults on a cluster of their own); then what the session's secret scan searched."""
     from tests.e2e.chaos import TABLE, format_table
+    from tests.e2e.leaks import SCAN
 
     if TABLE:
         terminalreporter.write_sep("=", "chaos")
         terminalreporter.write_line(format_table(TABLE))
+    if SCAN.secrets:
+        terminalreporter.write_line(SCAN.summary())

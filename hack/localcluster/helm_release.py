@@ -102,7 +102,9 @@ class OperatorRelease:
         running = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         return running[0] if running else None
 
-    def logs(self) -> str:
+    def logs(self, previous: bool = False) -> str:
+        """The log of every operator pod of the release: of its running containers, or (`previous`) of the
+        containers the kubelet restarted (none: empty)."""
         return self.kubectl(
             "logs",
             "-n",
@@ -110,6 +112,7 @@ class OperatorRelease:
             "-l",
             f"app.kubernetes.io/instance={self.release}",
             "--tail=-1",
+            *(["--previous"] if previous else []),
             check=False,
         )
 

@@ -26,6 +26,7 @@ from rayvllm.engine.decide import (
     judge_without_ray,
     leaving_records,
     logs_due,
+    observed_submission,
     plan_replicas,
     probe_address,
     replica_records,
@@ -215,9 +216,11 @@ class Supervisor:
         return observed
 
     async def _observe(self, record: EngineStatus) -> Observed:
-        sid = record.submission_id
+        sid = observed_submission(record)
         assert sid is not None, "only a watched engine is observed"
         job = await self._get(sid)
+        if record.submission_id is None:
+            return Observed(job)  # a failed attempt's stopped job: only whether it has ended
         url = probe_address(job, self._ctx)
         probe = None
         if url is not None:

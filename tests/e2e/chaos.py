@@ -12,6 +12,7 @@ import os
 import random
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -158,6 +159,49 @@ def container_id(pod: dict[str, Any], container: str) -> str:
     return ""
 
 
+def container_processes(container_id: str) -> dict[int, str]:
+    """pid -> command line of each process of a container (what is left of those that exited meanwhile: none)."""
+    found = {}
+    for pid in container_pids(container_id):
+        with contextlib.suppress(OSError):
+            found[pid] = (
+                (Path("/proc") / str(pid) / "cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+            )
+    return found
+
+
+def memory_cgroup(container_id: str) -> Path:
+    """The memory cgroup of a container on this machine: cgroup v1's memory hierarchy, or the unified one."""
+    for root in (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup")):
+        found = [p for p in root.glob(f"kubepods*/**/*{container_id}*") if p.is_dir()]
+        if found:
+            return found[0]
+    raise AssertionError(f"no memory cgroup of container {container_id} under /sys/fs/cgroup")
+
+
+def oom_kills(cgroup: Path) -> int:
+    """How many processes the kernel's OOM killer has killed in a memory cgroup (its `oom_kill` counter: in
+    memory.oom_control on cgroup v1, memory.events on v2)."""
+    for name in ("memory.oom_control", "memory.events"):
+        if (cgroup / name).exists():
+            for line in (cgroup / name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    raise AssertionError(f"the kernel keeps no oom_kill counter in {cgroup}")
+
+
+def kernel_oom_victims(container_id: str) -> list[str]:
+    """The processes (name and pid) the kernel's OOM killer chose in a container, from the kernel log
+    (`dmesg`); empty when the log cannot be read."""
+    log = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+    chosen = re.finditer(rf"task_memcg=[^,]*{re.escape(container_id)},task=([^,]+),pid=(\d+)", log)
+    return [f"{found[1]} (pid {found[2]})" for found in chosen]
+
+
 def restart_count(pod: dict[str, Any], container: str) -> int:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     return sum(int(s.get("restartCount", 0)) for s in statuses if s["name"] == container)
@@ -250,10 +294,6 @@ def status_shape(obj: dict[str, Any]) -> dict[str, Any]:
         "phase": status.get("phase"),
         **{c["type"]: (c.get("status"), c.get("reason")) for c in status.get("conditions") or []},
     }
-
-
-def secret_hits(texts: list[str], secrets: list[str]) -> int:
-    return sum(text.count(secret) for text in texts for secret in secrets)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from hack.localcluster.helm_release import OperatorRelease
 from hack.localcluster.node import NODE_NAME
 from hack.localcluster.procs import cache_dir
 from hack.localcluster.workloads import CPU_ENGINE_ENV, generate_tiny_model
+from tests.e2e.leaks import SCAN, SecretScan
 from tests.e2e.realnode import RealNodeWorld, apply_volumes
 from tests.support.kube import Kube
 from tests.support.operator import OperatorProcess
@@ -118,9 +119,22 @@ def installed_operator(
     finally:
         logs = release.logs()
         (home.parent / "in-cluster-operator.log").write_text(logs)
+        # Every in-cluster operator that ran is searched by the run's secret scan.
+        SCAN.keep_operator(f"operator {home.name}", release)
         release.uninstall()
         kube.kubectl("delete", "namespace", release.namespace, "--wait=true", "--timeout=180s", check=False)
         operator.start()
+
+
+@pytest.fixture(scope="session")
+def secret_scan() -> Iterator[SecretScan]:
+    """The run's one secret scan (tests/e2e/leaks.py): the scenarios that use it register their secret values
+    and keep the places to search; when the session ends every place is searched for every value, and a hit
+    fails the run (an error at teardown). A scan with nothing kept fails too: it would prove nothing."""
+    yield SCAN
+    assert SCAN.secrets and SCAN.places, "the secret scan was used but kept no secret or no place"
+    leaks = SCAN.leaks()
+    assert leaks == [], f"secret values found: {leaks}"
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,11 @@ the VLLMCluster's Ray jobs are sampled for duplicates. Each scenario adds its ro
 - The head pod deleted with `spec.ray.gcsFaultTolerance` (a Redis in the cluster, built locally): what the
   design promises (docs/gpu-cluster.md) is asserted: the engine's job survives (same submission, no
   restart, still known to Ray) and the Service keeps it meanwhile; failed requests are reported.
-- The worker container killed so the kubelet restarts it in the same pod (same IP): the serving label
-  follows the engine, not the pod, so the Service never sends requests there while the engine is not back.
+- Faults that leave the worker pod in place (same pod, same IP, Ready): the worker container killed so the
+  kubelet restarts it, vLLM's API server killed inside the pod, and the container run out of memory under
+  its limit so the kernel's OOM killer kills one of vLLM's processes. The serving label follows the engine,
+  not the pod, so the Service never sends requests there while the engine is not back; the operator
+  restarts the engine in the same pod.
 
 Every scenario is bounded (its waits derive from the spec's restart policy, the e2e settings and
 READY_TIMEOUT) and stops by itself.
@@ -21,10 +24,12 @@ READY_TIMEOUT) and stops by itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +37,7 @@ import pytest
 from hack.localcluster import images
 from hack.localcluster.cluster import default_cluster
 from hack.localcluster.helm_release import OperatorRelease
-from hack.localcluster.workloads import REDIS_NAME, REDIS_PORT, redis
+from hack.localcluster.workloads import REDIS_NAME, REDIS_PORT, WORKER_RESOURCES, redis
 from rayvllm.engine.decide import JOB_GONE
 from rayvllm.models.spec import RestartPolicySpec
 from tests.e2e.chaos import (
@@ -41,14 +46,18 @@ from tests.e2e.chaos import (
     RouteWatch,
     Watch,
     container_id,
+    container_processes,
+    kernel_oom_victims,
     kill_container,
     live_jobs_per_replica,
+    memory_cgroup,
     misrouted,
+    oom_kills,
     record,
     restart_count,
-    secret_hits,
 )
 from tests.e2e.conftest import E2E_SETTINGS
+from tests.e2e.leaks import SecretScan
 from tests.e2e.realnode import RealNodeWorld, pods_of, running_on
 from tests.e2e.serving import (
     READY_TIMEOUT,
@@ -95,13 +104,20 @@ class Served:
 
 
 def serve(
-    kube: Kube, namespace: str, world: RealNodeWorld, name: str, replicas: int = 1, **ray: Any
+    kube: Kube,
+    namespace: str,
+    world: RealNodeWorld,
+    name: str,
+    replicas: int = 1,
+    worker: Mapping[str, Any] | None = None,
+    **ray: Any,
 ) -> tuple[Served, dict[str, Any]]:
-    """Apply a VLLMCluster on the real node (`ray` merged into spec.ray) and wait until every engine is
-    Ready and in the Service."""
+    """Apply a VLLMCluster on the real node (`ray` merged into spec.ray, `worker` into spec.ray.worker) and
+    wait until every engine is Ready and in the Service."""
     body = manifest(name, world, replicas=replicas)
     body["spec"]["model"]["servedModelName"] = name
     body["spec"]["ray"].update(ray)
+    body["spec"]["ray"]["worker"].update(worker or {})
     kube.apply(body, namespace)
     obj = wait_ready(kube, namespace, name, replicas=replicas)
     wait_for(
@@ -334,8 +350,10 @@ def test_head_pod_deleted_with_gcs_fault_tolerance(
     in_cluster_operator: OperatorRelease,
     real_node: RealNodeWorld,
     in_cluster_redis: InClusterRedis,
+    secret_scan: SecretScan,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    secret_scan.secret(REDIS_PASSWORD, "the Redis password of GCS fault tolerance")
     ft = {
         "redisAddress": in_cluster_redis.address,
         "redisPasswordSecretRef": {"name": in_cluster_redis.secret, "key": in_cluster_redis.key},
@@ -387,21 +405,13 @@ def test_head_pod_deleted_with_gcs_fault_tolerance(
         after["submissionId"] == before["submissionId"] and jobs.get(before["submissionId"]) == "RUNNING"
     )
     row.orphans = sum(max(0, n - 1) for n in live_jobs_per_replica(jobs).values())
-    leaked = secret_hits(
-        [
-            str(after_obj.get("status")),
-            str(kube.events(namespace, served.name)),
-            str(kube.get_json("raycluster", served.name, "-n", namespace)),
-            in_cluster_operator.logs(),
-        ],
-        [REDIS_PASSWORD],
-    )
+    secret_scan.keep_cluster("head pod deleted with GCS FT", kube, namespace, served.name)
     row.notes = (
         f"engine survived: {survived} (restarts {after['restarts']}; its job known to the new head at "
         f"once: {before['submissionId'] in first_jobs}); "
         f"RayDashboardUnreachable seen: {seen_unreachable}; "
         f"Service dark in {watch.dark_samples}/{watch.samples} samples; first failures {failures}; "
-        f"heal = head deleted to Ray answering with the job; Redis password hits {leaked}"
+        "heal = head deleted to Ray answering with the job"
     )
     record(row, capsys)
 
@@ -413,11 +423,99 @@ def test_head_pod_deleted_with_gcs_fault_tolerance(
     assert watch.dark_samples == 0, f"the Service lost its engine in {watch.dark_samples} samples"
     assert row.duplicate_submissions == 0, f"live together: {watch.worst}"
     assert row.orphans == 0
-    assert leaked == 0
 
 
+# The OOM fault's worker container: a memory limit the engine loads under (its cgroup peaked at 5.4 GB with
+# page cache on this machine, 3.3 GB of it anonymous) and a /dev/shm larger than the room the limit leaves
+# once the engine is loaded, so filling /dev/shm must run the container out of memory.
+OOM_WORKER = {"resources": {**WORKER_RESOURCES, "limits": {"memory": "6Gi"}}, "shmSize": "4Gi"}
+SHM_FILL = "/dev/shm/rayvllm-chaos-fill"
+ENGINE_SERVER = "vllm.entrypoints.openai.api_server"
+
+
+def exited(pid: int) -> bool:
+    """The process is gone, or dead and not yet reaped by its parent (a zombie)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def kill_worker_container(kube: Kube, namespace: str, pod: str, running: str) -> tuple[int, str]:
+    """Every process of the worker container SIGKILLed from this machine: the kubelet restarts it in place."""
+    killed = kill_container(running)
+    assert killed > 0
+    return 1, f"{killed} processes SIGKILLed"
+
+
+def kill_engine(kube: Kube, namespace: str, pod: str, running: str) -> tuple[int, str]:
+    """vLLM's API server SIGKILLed inside the pod (kubectl exec); the container's main process lives on."""
+    kube.kubectl(
+        "exec", "-n", namespace, pod, "-c", WORKER_CONTAINER, "--", "pkill", "-9", "-f", ENGINE_SERVER
+    )
+    return 1, "vLLM's API server SIGKILLed"
+
+
+def run_out_of_memory(kube: Kube, namespace: str, pod: str, running: str) -> tuple[int, str]:
+    """The worker container out of memory: a file written to its memory-backed /dev/shm is charged to the
+    container's memory cgroup but owned by no process, so the kernel's OOM killer chooses by its own rules
+    among the container's processes (Ray gives its workers, vLLM's among them, oom_score_adj 1000; the
+    filler, run by kubectl exec, has the container's lower one). Returns once the killer has acted and the
+    file is gone again (the restarted engine needs that memory)."""
+    cgroup = memory_cgroup(running)
+    kills_before = oom_kills(cgroup)
+    engine = {pid: cmd for pid, cmd in container_processes(running).items() if "vllm" in cmd.lower()}
+    assert engine, container_processes(running)
+    exec_in_worker = ("exec", "-n", namespace, pod, "-c", WORKER_CONTAINER, "--")
+    with ThreadPoolExecutor(1) as pool:
+        # Bounded by /dev/shm's size and by time; stopped as soon as the OOM killer has acted.
+        fill = pool.submit(
+            kube.kubectl, *exec_in_worker, "timeout", "120", "dd", "if=/dev/zero", f"of={SHM_FILL}", "bs=16M",
+            check=False,
+        )  # fmt: skip
+        wait_for(
+            lambda: oom_kills(cgroup) > kills_before,
+            timeout=150,
+            interval=0.2,
+            what="the kernel's OOM killer acting in the worker container",
+        )
+        victims = wait_for(
+            lambda: [cmd.split()[0] for pid, cmd in engine.items() if exited(pid)],
+            timeout=10,
+            interval=0.2,
+            what="one of vLLM's processes killed",
+        )
+        kube.kubectl(*exec_in_worker, "sh", "-c", f"pkill -x dd; rm -f {SHM_FILL}", check=False)
+        filled = fill.result(timeout=150)
+    kills = oom_kills(cgroup) - kills_before
+    return kills, (
+        f"OOM kills {kills}, the kernel's victims {kernel_oom_victims(running)}; first gone of vLLM's processes "
+        f"{victims} (filler exit {filled.returncode})"
+    )
+
+
+@dataclass(frozen=True)
+class InPlace:
+    """A fault that leaves the worker pod where it is: same pod, same IP, no new pod from KubeRay."""
+
+    scenario: str
+    inject: Callable[[Kube, str, str, str], tuple[int, str]]
+    """(kube, namespace, pod, worker container id) -> (faults injected, what was done)"""
+    container_restarts: bool
+    worker: Mapping[str, Any] | None = None
+
+
+IN_PLACE = {
+    "container": InPlace("worker container restarted in place", kill_worker_container, True),
+    "engine": InPlace("engine killed in its pod (SIGKILL)", kill_engine, False),
+    "oom": InPlace("engine OOM-killed in its container", run_out_of_memory, False, OOM_WORKER),
+}
+
+
+@pytest.mark.parametrize("kind", list(IN_PLACE))
 @pytest.mark.timeout(1500)
-def test_worker_container_restarted_in_place(
+def test_fault_in_place_serving_label_follows_the_engine(
+    kind: str,
     kube: Kube,
     namespace: str,
     volumes: None,
@@ -425,26 +523,28 @@ def test_worker_container_restarted_in_place(
     real_node: RealNodeWorld,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    served, obj = serve(kube, namespace, real_node, "restart-in-place")
+    """The engine dies while its pod stays (Ready, at the same IP): the serving label, and so the Service,
+    follow the engine, never the pod; the operator restarts the engine in the same pod."""
+    fault = IN_PLACE[kind]
+    served, obj = serve(kube, namespace, real_node, f"in-place-{kind}", worker=fault.worker)
     processes = len(engine_server_pids(served.name))
     before = engines(obj)[0]
     pod = kube.get_json("pod", before["podName"], "-n", namespace)
     ip, restarts_before = pod["status"]["podIP"], restart_count(pod, WORKER_CONTAINER)
     running = container_id(pod, WORKER_CONTAINER)
     assert running, pod["status"].get("containerStatuses")
-    row = ChaosRow("worker container restarted in place")
+    row = ChaosRow(fault.scenario)
 
     with under_load(kube, namespace, served, row) as (watch, load):
         time.sleep(2)
         with RouteWatch(kube, namespace, served.name, before["podName"], ip) as routes:
-            killed = kill_container(running)
+            row.faults, done = fault.inject(kube, namespace, before["podName"], running)
             faulted = time.monotonic()
-            row.faults = 1
             obj = wait_for(
                 lambda: resubmitted_and_ready(kube, namespace, served, 0, before["submissionId"]),
                 timeout=restart_bound(served, before["restarts"]),
                 interval=1,
-                what="the engine resubmitted in the restarted container and Ready",
+                what="the engine resubmitted in the same pod and Ready",
             )
             row.heal_seconds = time.monotonic() - faulted
             wait_for(
@@ -463,15 +563,18 @@ def test_worker_container_restarted_in_place(
     )
     row.orphans = leftovers(kube, namespace, served, processes)
     row.notes = (
-        f"{killed} processes killed; {len(samples)} route samples, {len(wrong)} misrouted; "
-        f"pod Ready while its engine was not back in {pod_ready_engine_not}; first failures {failures}"
+        f"{done}; {len(samples)} route samples, {len(wrong)} misrouted; pod Ready while its engine was not "
+        f"in {pod_ready_engine_not}; first failures {failures}"
     )
     record(row, capsys)
+    with capsys.disabled():
+        print(f"[chaos] {fault.scenario}: the engine's lastFailure:\n{after.get('lastFailure')}")
 
-    assert killed > 0
-    # The same pod, restarted in place: same name and IP, one more container restart.
+    assert row.faults >= 1
+    # The same pod, at the same IP; its container restarted by the kubelet only when it was killed.
     assert pod is not None and pod["status"]["podIP"] == ip
-    assert restart_count(pod, WORKER_CONTAINER) > restarts_before, pod["status"]["containerStatuses"]
+    restarted = restart_count(pod, WORKER_CONTAINER) > restarts_before
+    assert restarted == fault.container_restarts, pod["status"]["containerStatuses"]
     assert after["podName"] == before["podName"] and after["restarts"] == before["restarts"] + 1, after
     # The label (and so the Service) followed the engine: never on the pod while no engine answered there,
     # and taken off at least once (the fault was seen).

@@ -20,10 +20,10 @@ from tests.e2e.chaos import (
     live_jobs_per_replica,
     misrouted,
     restart_count,
-    secret_hits,
     status_shape,
     submission_parts,
 )
+from tests.e2e.leaks import SecretScan
 
 
 def sid(replica: int, generation: int, attempt: int, name: str = "storm") -> str:
@@ -75,10 +75,21 @@ def test_status_shape_compares_phase_and_reasons_not_messages() -> None:
     assert status_shape({})["phase"] is None
 
 
-def test_table_and_secret_scan() -> None:
+def test_table() -> None:
     table = format_table([ChaosRow("storm", faults=12, requests_sent=80, heal_seconds=3.25)])
     assert "| storm | 12 | 80 / 0 | 0 | 0 | 3.2 |" in table
-    assert secret_hits(["a tok tok", "tok"], ["tok", "absent"]) == 3
+
+
+def test_secret_scan_searches_every_place_for_every_value_of_the_run() -> None:
+    scan = SecretScan()
+    scan.secret("hf_token", "HF token")
+    scan.keep("storm: operator log", "started; ")
+    scan.keep("storm: operator log", "hf_token in a log line")  # kept twice: appended, not replaced
+    scan.keep("gcs: status", "clean")
+    scan.secret("redis-pw", "Redis password")  # registered by a later scenario, searched everywhere
+    scan.keep("gcs: events", "redis-pw")
+    assert sorted(scan.leaks()) == [("gcs: events", "Redis password"), ("storm: operator log", "HF token")]
+    assert scan.summary().endswith("searched in 3 places (0.0 MB): 2 hits")
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ from rayvllm.engine.decide import (
     judge_without_ray,
     leaving_records,
     logs_due,
+    observed_submission,
     plan_replicas,
     probe_address,
     replica_records,
@@ -205,6 +206,35 @@ CASES = {
         kept={"submission_id": sid(0, 1), "restart_after": None, "restarts": 1, "health": None},
     ),
     "backoff-ends-at-restart-after": Case(fresh(attempt=1, restart_after=NOW), Submit),
+    # The failed attempt's job was stopped but Ray still reports it live (its node lost, not noticed yet):
+    # the next attempt waits for it, so the replica never has two live jobs; then it goes, clearing it.
+    "previous-job-still-live-waits": Case(
+        fresh(attempt=1, restart_after=NOW - timedelta(seconds=30), stopping_submission_id=sid(0, 0)),
+        Wait,
+        job=job("RUNNING"),
+        why=Waiting.PREVIOUS_ENDING,
+        kept={"stopping_submission_id": sid(0, 0), "submission_id": None},
+    ),
+    "previous-job-ended-submits": Case(
+        fresh(attempt=1, restart_after=NOW - timedelta(seconds=30), stopping_submission_id=sid(0, 0)),
+        Submit,
+        job=job("FAILED"),
+        kept={"submission_id": sid(0, 1), "stopping_submission_id": None},
+    ),
+    "previous-job-unknown-to-ray-submits": Case(
+        fresh(attempt=1, restart_after=NOW, stopping_submission_id=sid(0, 0)), Submit, job=None
+    ),
+    "previous-job-live-past-the-timeout-submits": Case(
+        fresh(attempt=1, restart_after=NOW - timedelta(minutes=2), stopping_submission_id=sid(0, 0)),
+        Submit,
+        job=job("RUNNING"),
+    ),
+    "backoff-comes-before-the-previous-job": Case(
+        fresh(attempt=1, restart_after=NOW + timedelta(seconds=5), stopping_submission_id=sid(0, 0)),
+        Wait,
+        job=job("RUNNING"),
+        why=Waiting.BACKOFF,
+    ),
     "budget-spent-never-submits": Case(fresh(budget_exhausted=True), Wait, why=Waiting.BUDGET_SPENT),
     "given-up-engine-is-not-judged-again": Case(
         submitted(attempt=MAX_RESTARTS, job_status="FAILED", budget_exhausted=True),
@@ -530,6 +560,9 @@ def test_failure_stops_only_a_job_that_may_still_run() -> None:
     assert isinstance(running, Restart) and running.stop_job
     assert isinstance(gone, Restart) and gone.stop_job  # Ray may have lost only the record of it
     assert isinstance(failed, Restart) and not failed.stop_job
+    # A stopped job is remembered until Ray reports it ended; an ended one is not.
+    assert running.after(None).stopping_submission_id == sid(0, 0)
+    assert failed.after(None).stopping_submission_id is None
 
 
 def test_failed_record_keeps_the_reason_and_the_log_tail_without_secrets() -> None:
@@ -539,7 +572,8 @@ def test_failed_record_keeps_the_reason_and_the_log_tail_without_secrets() -> No
         "loading\nOSError: token=hf_abcdefghijklmn\n" + "x" * 10_000 + "\nCUDA out of memory"
     )
     assert record.last_failure is not None
-    assert record.last_failure.startswith("...") and len(record.last_failure) <= LAST_FAILURE_LIMIT
+    assert record.last_failure.startswith("attempt 1: Ray job FAILED: exit 1\n...")
+    assert len(record.last_failure) <= LAST_FAILURE_LIMIT
     assert record.last_failure.endswith("CUDA out of memory")
     assert "hf_abcdefghijklmn" not in record.last_failure
     assert action.after(None).last_failure == "attempt 1: Ray job FAILED: exit 1"
@@ -610,6 +644,10 @@ def test_only_staying_submitted_engines_of_current_settings_are_watched() -> Non
     assert not watched(submitted(config_hash="old"), CTX)
     assert not watched(submitted(), make_ctx(suspend=True))
     assert not watched(submitted(budget_exhausted=True), CTX)  # given up: its job is not asked about again
+    # Between attempts, the failed attempt's stopped job is watched until it ends.
+    stopping = fresh(attempt=1, stopping_submission_id=sid(0, 0))
+    assert watched(stopping, CTX) and observed_submission(stopping) == sid(0, 0)
+    assert observed_submission(submitted()) == sid(0, 0)
 
 
 def test_records_split_into_leaving_and_staying() -> None:
@@ -734,6 +772,10 @@ REQUEUE = {
     "starting-beats-backoff": ([submitted(0), fresh(1, restart_after=NOW + timedelta(seconds=7))], 1.5),
     "backoff-over-waits-for-a-slot": ([fresh(0, restart_after=NOW - timedelta(seconds=1))], None),
     "new-engine-waits-for-the-cluster": ([fresh(0)], None),
+    "backoff-over-previous-job-ending": (
+        [fresh(0, restart_after=NOW, stopping_submission_id=sid(0, 0))],
+        1.5,
+    ),
 }
 
 

@@ -59,11 +59,20 @@ def test_log_tail_keeps_the_last_non_empty_lines() -> None:
     assert log_tail(None) == "" and log_tail("") == ""
 
 
-def test_failure_text_is_bounded_and_keeps_the_end() -> None:
+def test_failure_text_is_bounded_and_keeps_the_reason_s_start_and_the_end() -> None:
     text = failure_text("attempt 0: Ray job FAILED", "x" * 10_000 + "\nthe real error")
     assert len(text) <= LAST_FAILURE_LIMIT
+    assert text.startswith("attempt 0: Ray job FAILED\n...x")
     assert text.endswith("the real error")
     assert failure_text("why", None) == "why"
+    # Ray's memory monitor writes a message longer than the limit on one line: its start says what happened.
+    oom = "attempt 0: Ray job FAILED: Task was killed due to the node running low on memory. " + "y" * 9000
+    text = failure_text(oom, "the last line")
+    assert len(text) == LAST_FAILURE_LIMIT
+    assert text.startswith(
+        "attempt 0: Ray job FAILED: Task was killed due to the node running low on memory."
+    )
+    assert text.split("\n", 1)[0].endswith("y...") and text.endswith("the last line")
 
 
 # ---- Secret values the operator holds, and the loading engine's log line -------------------------------

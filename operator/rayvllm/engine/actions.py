@@ -24,6 +24,7 @@ class Waiting(StrEnum):
     BACKOFF = "backing off before the next attempt"
     NO_FREE_SLOT = "no free engine slot in the Ray cluster"
     PENDING = "the Ray job is PENDING"
+    PREVIOUS_ENDING = "the failed attempt's Ray job was stopped and has not ended in Ray yet"
     NO_ADDRESS = "the Ray job is RUNNING but where its API server listens is not known yet"
     NOT_PROBED = "the Ray job is RUNNING but its engine was not probed"
     STARTING = "the engine is starting"
@@ -137,6 +138,9 @@ class Restart(_Failure):
             attempt=self.failed.attempt + 1,
             submission_id=None,
             restart_after=self.restart_after,
+            # Ray may report a job that was stopped as live for a while (its node lost): the next attempt
+            # waits for it to end.
+            stopping_submission_id=self.failed.submission_id if self.stop_job else None,
         )
 
     @property

@@ -52,6 +52,10 @@ RETIRED_STOPPED_SERVING = "engine settings changed and it does not serve (upgrad
 JOB_GONE = "the Ray job is gone (Ray head restarted without GCS fault tolerance?)"
 # Sooner than this is not worth a pass: a backoff about to end is looked at once it has.
 MIN_REQUEUE_SECONDS = 0.5
+# How long after its backoff a restart waits for the failed attempt's stopped job to end in Ray. Ray marks the
+# job of a lost node's or container's processes ended once its health checks find the node dead (about 30 s
+# with Ray's defaults); a job still reported live after this is not waited for any longer.
+PREVIOUS_JOB_END_TIMEOUT = timedelta(minutes=2)
 # A loading engine's log is read (the whole log: Ray has no tail over REST) at most this often, so its
 # lastLogLine, and the status with it, changes at most this often while it loads.
 LOG_LINE_REFRESH = timedelta(seconds=30)
@@ -97,15 +101,22 @@ def replica_records(previous: Sequence[EngineStatus], ctx: EngineContext) -> lis
 
 
 def watched(record: EngineStatus, ctx: EngineContext) -> bool:
-    """The engine stays and has a job of its current settings: `decide` needs that job observed."""
+    """The engine stays and has a job of its current settings (or, between attempts, a failed attempt's job
+    still being stopped): `decide` needs that job observed."""
     return (
         not is_leaving(record, ctx.spec)
         and (record.config_hash == ctx.config_hash or keeps_serving_until_replaced(record, ctx))
-        and record.submission_id is not None
+        and observed_submission(record) is not None
         # A given-up engine keeps its last submission id for the record; its job was stopped and is not
         # judged again (that would repeat GiveUp: its log read and EngineFailed posted at every pass).
         and not record.budget_exhausted
     )
+
+
+def observed_submission(record: EngineStatus) -> str | None:
+    """The Ray job whose state decides about the engine: its current attempt's or, between attempts, the
+    failed attempt's job that was stopped (see EngineStatus.stopping_submission_id)."""
+    return record.submission_id or record.stopping_submission_id
 
 
 def probe_address(job: JobInfo | None, ctx: EngineContext) -> str | None:
@@ -157,8 +168,8 @@ def decide(
 ) -> Action:
     """What to do about one engine this pass.
 
-    `job` and `probe` are read only for a `watched` engine: its job as Ray reports it (None: Ray does not
-    know it) and its probe (None: not probed); `logs`, its job's log when `logs_due` (None: not read).
+    `job` and `probe` are read only for a `watched` engine: its `observed_submission` as Ray reports it
+    (None: Ray does not know it) and its probe (None: not probed); `logs`, its job's log when `logs_due` (None: not read).
     `may_submit`: the RayCluster is ready and its GCS healthy. `slot_free`: an engine slot is free for a
     submission (see `plan_replicas`). `successor`: for an outgoing engine (RollingReplicas), the record of
     the new engine at its replica's index."""
@@ -180,7 +191,7 @@ def decide(
         replacement = _submit_or_wait(fresh, ctx, may_submit=may_submit, slot_free=slot_free)
         return Retire(record, _why_recreated(record, ctx), replacement)
     if record.submission_id is None or record.budget_exhausted:
-        return _submit_or_wait(record, ctx, may_submit=may_submit, slot_free=slot_free)
+        return _submit_or_wait(record, ctx, may_submit=may_submit, slot_free=slot_free, previous=job)
     return _judge_job(record, job, probe, ctx, logs)
 
 
@@ -191,14 +202,22 @@ def _why_recreated(record: EngineStatus, ctx: EngineContext) -> str:
 
 
 def _submit_or_wait(
-    record: EngineStatus, ctx: EngineContext, *, may_submit: bool, slot_free: bool
+    record: EngineStatus,
+    ctx: EngineContext,
+    *,
+    may_submit: bool,
+    slot_free: bool,
+    previous: JobInfo | None = None,
 ) -> Submit | Wait:
+    """`previous`: the failed attempt's stopped job as Ray reports it (None: not known to Ray, or none)."""
     if record.budget_exhausted:
         return Wait(record, Waiting.BUDGET_SPENT)
     if not may_submit:
         return Wait(record, Waiting.NOT_SUBMITTABLE)
     if record.restart_after is not None and ctx.now < record.restart_after:
         return Wait(record, Waiting.BACKOFF)
+    if _previous_still_live(record, previous, ctx):
+        return Wait(record, Waiting.PREVIOUS_ENDING)
     if not slot_free:
         return Wait(record, Waiting.NO_FREE_SLOT)
     engine = EngineRef(ctx.ref.namespace, ctx.ref.name, record.index, record.generation or 0, record.attempt)
@@ -209,6 +228,7 @@ def _submit_or_wait(
             "job_status": None,
             "started_at": ctx.now,
             "restart_after": None,
+            "stopping_submission_id": None,
             "unhealthy_since": None,
             "ready": False,
             "health": None,
@@ -218,6 +238,15 @@ def _submit_or_wait(
         }
     )
     return Submit(engine, pending)
+
+
+def _previous_still_live(record: EngineStatus, previous: JobInfo | None, ctx: EngineContext) -> bool:
+    """The failed attempt's stopped job is still live in Ray, within PREVIOUS_JOB_END_TIMEOUT of the end
+    of the backoff: submitting now would give the replica two live jobs."""
+    if record.stopping_submission_id is None or previous is None or previous.terminal:
+        return False
+    waited_from = record.restart_after or ctx.now
+    return ctx.now < waited_from + PREVIOUS_JOB_END_TIMEOUT
 
 
 def _judge_job(
@@ -415,4 +444,6 @@ def _look_again(engine: EngineStatus, ctx: EngineContext) -> float | None:
         return ctx.settings.starting_probe_seconds  # it gives way as soon as its replacement is ready
     if engine.submission_id is None and engine.restart_after is not None and ctx.now < engine.restart_after:
         return max((engine.restart_after - ctx.now).total_seconds(), MIN_REQUEUE_SECONDS)
+    if engine.submission_id is None and engine.stopping_submission_id is not None:
+        return ctx.settings.starting_probe_seconds  # the next attempt follows the old job's end
     return None

@@ -11,6 +11,8 @@ from rayvllm.models.status import LOG_LINE_LIMIT
 
 LOG_LINES_KEPT = 20
 LAST_FAILURE_LIMIT = 4000
+# Of an over-long failure, how much of its first line is kept before its end.
+FAILURE_HEAD_KEPT = 400
 REDACTED = "<redacted>"
 ELLIPSIS = "..."
 # Token shapes that must never travel from engine logs into status or Events, whoever's they are.
@@ -50,10 +52,17 @@ def log_tail(logs: str | None, lines: int = LOG_LINES_KEPT, secrets: Collection[
 
 def failure_text(reason: str, logs: str | None, secrets: Collection[str] = ()) -> str:
     """The reason, then the last log lines, all redacted (Ray's job message, part of the reason, quotes the
-    log too); the end is kept when too long (the error is at the end)."""
+    log too). When too long, the start of its first line (what failed, e.g. Ray's "Task was killed due to
+    the node running low on memory") and the end (the error a log ends with) are kept."""
     tail = _tail(logs, LOG_LINES_KEPT)
     text = redact(f"{reason}\n--- last log lines ---\n{tail}" if tail else reason, secrets)
-    return text if len(text) <= LAST_FAILURE_LIMIT else ELLIPSIS + text[-(LAST_FAILURE_LIMIT - 3) :]
+    if len(text) <= LAST_FAILURE_LIMIT:
+        return text
+    head = text.split("\n", 1)[0][:FAILURE_HEAD_KEPT]
+    if len(head) == FAILURE_HEAD_KEPT:
+        head = head[: -len(ELLIPSIS)] + ELLIPSIS
+    end = LAST_FAILURE_LIMIT - len(head) - len(ELLIPSIS) - 1
+    return f"{head}\n{ELLIPSIS}{text[-end:]}"
 
 
 def meaningful(line: str) -> bool:

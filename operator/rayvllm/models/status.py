@@ -110,6 +110,16 @@ class EngineStatus(StatusModel):
         None, max_length=256, description="Ray job submission id of the current attempt."
     )
     job_status: JobStatus | None = Field(None, description="Ray job status of the current attempt.")
+    stopping_submission_id: str | None = Field(
+        None,
+        max_length=256,
+        description=(
+            "Between attempts: the failed attempt's Ray job, stopped but not yet ended in Ray (Ray notices a "
+            "lost node or container only after its health checks fail). The next attempt is submitted once "
+            "Ray reports this job ended or no longer knows it, so a replica never has two live jobs; after "
+            "two minutes past the backoff it is submitted anyway."
+        ),
+    )
     attempt: int = Field(0, ge=0, description="Attempt number, counted from 0; part of the submission id.")
     restarts: int = Field(
         0, ge=0, description="Restarts after failures, counted against restartPolicy.maxRestarts."
