@@ -458,39 +458,35 @@ def kill_engine(kube: Kube, namespace: str, pod: str, running: str) -> tuple[int
 
 def run_out_of_memory(kube: Kube, namespace: str, pod: str, running: str) -> tuple[int, str]:
     """The worker container out of memory: a file written to its memory-backed /dev/shm is charged to the
-    container's memory cgroup but owned by no process, so the kernel's OOM killer chooses by its own rules
-    among the container's processes (Ray gives its workers, vLLM's among them, oom_score_adj 1000; the
-    filler, run by kubectl exec, has the container's lower one). Returns once the killer has acted and the
-    file is gone again (the restarted engine needs that memory)."""
+    container's memory cgroup but owned by no process, so what dies is chosen by the killers' own rules
+    among the container's processes, whichever acts first: Ray's memory monitor (at 95% of the container's
+    limit it kills Ray workers, vLLM's processes among them) or the kernel's OOM killer (Ray gives its
+    workers oom_score_adj 1000; the filler, run by kubectl exec, has the container's lower one). Returns
+    once one of vLLM's processes is dead and the file is gone again (the restarted engine needs that
+    memory)."""
     cgroup = memory_cgroup(running)
     kills_before = oom_kills(cgroup)
     engine = {pid: cmd for pid, cmd in container_processes(running).items() if "vllm" in cmd.lower()}
     assert engine, container_processes(running)
     exec_in_worker = ("exec", "-n", namespace, pod, "-c", WORKER_CONTAINER, "--")
     with ThreadPoolExecutor(1) as pool:
-        # Bounded by /dev/shm's size and by time; stopped as soon as the OOM killer has acted.
+        # Bounded by /dev/shm's size and by time; stopped as soon as a vLLM process is dead.
         fill = pool.submit(
             kube.kubectl, *exec_in_worker, "timeout", "120", "dd", "if=/dev/zero", f"of={SHM_FILL}", "bs=16M",
             check=False,
         )  # fmt: skip
-        wait_for(
-            lambda: oom_kills(cgroup) > kills_before,
-            timeout=150,
-            interval=0.2,
-            what="the kernel's OOM killer acting in the worker container",
-        )
         victims = wait_for(
             lambda: [cmd.split()[0] for pid, cmd in engine.items() if exited(pid)],
-            timeout=10,
+            timeout=150,
             interval=0.2,
-            what="one of vLLM's processes killed",
+            what="one of vLLM's processes killed as the worker container ran out of memory",
         )
         kube.kubectl(*exec_in_worker, "sh", "-c", f"pkill -x dd; rm -f {SHM_FILL}", check=False)
         filled = fill.result(timeout=150)
     kills = oom_kills(cgroup) - kills_before
-    return kills, (
-        f"OOM kills {kills}, the kernel's victims {kernel_oom_victims(running)}; first gone of vLLM's processes "
-        f"{victims} (filler exit {filled.returncode})"
+    return 1, (
+        f"kernel OOM kills {kills} {kernel_oom_victims(running)}; first gone of vLLM's processes {victims} "
+        f"(filler exit {filled.returncode})"
     )
 
 
@@ -571,6 +567,10 @@ def test_fault_in_place_serving_label_follows_the_engine(
         print(f"[chaos] {fault.scenario}: the engine's lastFailure:\n{after.get('lastFailure')}")
 
     assert row.faults >= 1
+    if kind == "oom":
+        # Out of memory indeed: the kernel's OOM killer acted, or Ray's memory monitor says it did.
+        said = "memory" in (after.get("lastFailure") or "").lower()
+        assert said or "kernel OOM kills 0 " not in done, (done, after.get("lastFailure"))
     # The same pod, at the same IP; its container restarted by the kubelet only when it was killed.
     assert pod is not None and pod["status"]["podIP"] == ip
     restarted = restart_count(pod, WORKER_CONTAINER) > restarts_before
