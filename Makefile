@@ -61,7 +61,7 @@ day2: venv tools ray-env
 
 ## chaos: the full chaos suite on real pods (100 operator kills, ...); prints its table. `make test` runs a reduced one
 chaos: venv tools ray-env
-	RAYVLLM_CHAOS=full bash hack/run-tests.sh tests -m chaos
+	RAYVLLM_CHAOS=full bash hack/run-tests.sh tests -m "chaos and not reduced"
 
 ## demo: the operator end to end on this machine; prints a completion served through it. DOWN=1 stops all after.
 demo: venv tools ray-env

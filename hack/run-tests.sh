@@ -24,7 +24,7 @@ sampler=$!
 # runs and the chaos scenarios too heavy for the CI budget.
 if [ $# -eq 0 ]; then
   echo "[run-tests] every tier except the day2 runs and the heavy chaos scenarios (make day2, make chaos run those)"
-  set -- tests -m "not day2 and not heavy"
+  set -- tests -m "not day2 and not heavy" --durations=25
 fi
 .venv/bin/pytest -q "$@" || status=$?
 kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null

@@ -161,10 +161,17 @@ def operator(kube: Kube, crds: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The chaos table: one row per chaos scenario that ran this session (e2e on real pods, and the
-    control-plane faults on a cluster of their own); then what the session's secret scan searched."""
+    """The fuzz counts, when the fuzz test ran; the chaos table: one row per chaos scenario that ran this
+    session (e2e on real pods, and the control-plane faults on a cluster of their own); then what the
+    session's secret scan searched."""
     from tests.e2e.chaos import TABLE, format_table
     from tests.e2e.leaks import SCAN
+    from tests.support.fuzz import SUMMARY as FUZZ_SUMMARY
+
+    if FUZZ_SUMMARY:
+        terminalreporter.write_sep("=", "fuzz")
+        for line in FUZZ_SUMMARY:
+            terminalreporter.write_line(line)
 
     if TABLE:
         terminalreporter.write_sep("=", "chaos")

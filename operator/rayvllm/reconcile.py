@@ -31,6 +31,7 @@ from rayvllm.builders import RAY_AUTH_TOKEN_KEY, build_ray_cluster, build_servic
 from rayvllm.builders.labels import SERVING, SERVING_LABEL
 from rayvllm.builders.raycluster import pod_spec_hash, scrape_annotations
 from rayvllm.drift import needs_apply
+from rayvllm.engine.decide import answered_late
 from rayvllm.engine.health import EngineProber
 from rayvllm.engine.probe import LoadSample
 from rayvllm.errors import (
@@ -404,6 +405,8 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
         p.engines = await Supervisor(ray, ctx, limiter=io.limiter, prober=io.prober).probe_without_ray(
             p.engines
         )
+        if any(answered_late(e) for e in p.engines):
+            p.outcome.requeue_after = p.settings.starting_probe_seconds
         if cluster_ready:
             p.problems.append(
                 Problem(Reason.RAY_DASHBOARD_UNREACHABLE, f"Ray dashboard {ray.base_url}: {unreachable}")
@@ -414,7 +417,8 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
             p.memory.dashboard_failures += 1
             backoff = backoff_resyncs(p.memory.dashboard_failures)
             serving = any(e.ready for e in p.engines)
-            p.outcome.requeue_after = p.settings.resync_seconds * (1 if serving else backoff)
+            wait = p.settings.resync_seconds * (1 if serving else backoff)
+            p.outcome.requeue_after = min(wait, p.outcome.requeue_after or wait)
         return
     finally:
         await ray.aclose()
@@ -449,6 +453,10 @@ async def label_serving_pods(
     for pod, wanted in sorted(changes.items()):
         labels, kept = ({SERVING_LABEL: SERVING}, annotations) if wanted else ({}, {})
         await kube.apply_pod_metadata(namespace, pod, labels, kept, manager)
+        # Why a pod left the Service is otherwise lost once the engine is back (a missed probe, a canary).
+        there = [f"engine {e.index} health {e.health}" for e in engines if e.pod_name == pod]
+        move = "joins" if wanted else "leaves"
+        log.info("pod %s/%s %s the Service (%s)", namespace, pod, move, ", ".join(there) or "no engine")
     return len(changes)
 
 

@@ -23,6 +23,7 @@ from rayvllm.engine.decide import (
     decide,
     engine_base_url,
     free_engine_slots,
+    job_end_overdue,
     judge_without_ray,
     leaving_records,
     logs_due,
@@ -31,10 +32,12 @@ from rayvllm.engine.decide import (
     probe_address,
     replica_records,
     requeue_after,
+    still_stopping,
+    waits_for_job_end,
     watched,
 )
 from rayvllm.engine.health import EngineProber, probe_engine
-from rayvllm.engine.job import EngineJobOptions, build_engine_job
+from rayvllm.engine.job import EngineJobOptions, build_engine_job, ray_stop_wait_seconds
 from rayvllm.engine.probe import EngineProbe, LoadSample
 from rayvllm.engine.rollout import begin_replacements
 from rayvllm.errors import RayError
@@ -128,7 +131,7 @@ class Supervisor:
         replicas = {record.index: record for record in previous if record.outgoing is None}
         draining: list[EngineStatus] = []
         for record in leaving_records(previous, ctx.spec):
-            # Leaving engines are judged on their record alone: nothing of Ray is read for them.
+            # Leaving engines are judged on their record alone: Ray is only read when one is retired.
             action = decide(
                 record,
                 None,
@@ -271,6 +274,8 @@ class Supervisor:
             case Retire():
                 if action.record.submission_id:
                     await self._stop(action.record.submission_id)
+                    if await self._still_ending(action):
+                        return still_stopping(action.record, self._ctx)
                 tally.events += action.events
                 return await self._carry_out(action.replacement, tally) if action.replacement else None
             case _:
@@ -281,6 +286,18 @@ class Supervisor:
 
     async def _stop(self, sid: str) -> None:
         await self._limited(lambda: self._ray.stop(sid))
+
+    async def _still_ending(self, action: Retire) -> bool:
+        """A scaled-down engine's stopped job that Ray reports still RUNNING, and not overdue. A PENDING job
+        has no supervisor actor on the pod yet: nothing there to wait for."""
+        sid = action.record.submission_id
+        if sid is None or not waits_for_job_end(action):
+            return False
+        stop_wait = ray_stop_wait_seconds(self._ctx.spec, self._options)
+        if job_end_overdue(action.record, self._ctx, stop_wait):
+            return False
+        job = await self._get(sid)
+        return job is not None and job.status == "RUNNING"
 
     async def _logs(self, sid: str) -> str | None:
         """Logs only explain a failure or a load: without them the failure is still recorded (and a loading

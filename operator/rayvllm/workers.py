@@ -2,9 +2,9 @@
 
 Left to itself KubeRay removes any worker when the count drops, possibly the pod of an engine that stays.
 So a scale-down goes in two steps: while a retired engine drains (out of the Service, its job still
-running), its pod is kept on top of the desired count; once its job is stopped, the workers that host no
-engine are named in `scaleStrategy.workersToDelete`, which KubeRay deletes first (and at once: a pod is
-named only when it is surplus)."""
+running, then until Ray reports that job ended), its pod is kept on top of the desired count; once its
+record is gone, the workers that host no engine are named in `scaleStrategy.workersToDelete`, which
+KubeRay deletes first (and at once: a pod is named only when it is surplus)."""
 
 from __future__ import annotations
 

@@ -194,6 +194,26 @@ def oom_kills(cgroup: Path) -> int:
     raise AssertionError(f"the kernel keeps no oom_kill counter in {cgroup}")
 
 
+# What the raylet logs (raylet.out, INFO) when its memory monitor finds the node above its threshold and when
+# it kills workers for it.
+RAY_MEMORY_MONITOR_LINES = re.compile(r"memory usage above threshold|Killing \d+ worker\(s\)")
+
+
+def ray_memory_monitor_lines(container_id: str) -> int:
+    """How many lines of a Ray container's raylet logs say its memory monitor found the node out of memory,
+    read through the root of one of the container's processes on this machine; 0 when no log is found.
+    (Its session directory by name: `session_latest` is an absolute symlink, which would resolve on this
+    machine's root.)"""
+    for pid in container_pids(container_id):
+        ray_dir = Path("/proc") / str(pid) / "root" / "tmp" / "ray"
+        with contextlib.suppress(OSError):
+            return sum(
+                len(RAY_MEMORY_MONITOR_LINES.findall(log.read_text(errors="replace")))
+                for log in ray_dir.glob("session_2*/logs/raylet.out*")
+            )
+    return 0
+
+
 def kernel_oom_victims(container_id: str) -> list[str]:
     """The processes (name and pid) the kernel's OOM killer chose in a container, from the kernel log
     (`dmesg`); empty when the log cannot be read."""
@@ -216,6 +236,7 @@ class OperatorStorm(Background):
 
     release: OperatorRelease
     limit: int
+    """Operator processes to SIGKILL; the storm then stops by itself."""
     low: float = 2.0
     high: float = 8.0
     seed: int = 0
@@ -229,7 +250,7 @@ class OperatorStorm(Background):
 
     def _run(self) -> None:
         pace = random.Random(self.seed)
-        while self.kills < self.limit and not self._stop.wait(pace.uniform(self.low, self.high)):
+        while self.processes_killed < self.limit and not self._stop.wait(pace.uniform(self.low, self.high)):
             try:
                 self.kill_once()
             except Exception as failure:  # a failed kill is reported, never a silent stop of the storm

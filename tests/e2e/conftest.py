@@ -22,11 +22,12 @@ from hack.localcluster.controlplane import Tools
 from hack.localcluster.helm_release import OperatorRelease
 from hack.localcluster.node import NODE_NAME
 from hack.localcluster.procs import cache_dir
-from hack.localcluster.workloads import CPU_ENGINE_ENV, generate_tiny_model
+from hack.localcluster.workloads import CPU_ENGINE_ENV, REDIS_NAME, REDIS_PORT, generate_tiny_model, redis
 from tests.e2e.leaks import SCAN, SecretScan
 from tests.e2e.realnode import RealNodeWorld, apply_volumes
 from tests.support.kube import Kube
 from tests.support.operator import OperatorProcess
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RAY_VERSION = "2.60.0"
@@ -160,3 +161,51 @@ def in_cluster_operator(
 def volumes(kube: Kube, namespace: str, real_node: RealNodeWorld) -> Iterator[None]:
     apply_volumes(kube, real_node, namespace)
     yield
+
+
+REDIS_PASSWORD = "chaos-redis-password-never-logged-0123456789"
+
+
+@dataclass(frozen=True)
+class InClusterRedis:
+    address: str
+    secret: str
+    key: str
+
+    def gcs_fault_tolerance(self) -> dict[str, object]:
+        """spec.ray.gcsFaultTolerance pointing at this Redis."""
+        return {
+            "redisAddress": self.address,
+            "redisPasswordSecretRef": {"name": self.secret, "key": self.key},
+        }
+
+
+@pytest.fixture
+def in_cluster_redis(
+    kube: Kube, namespace: str, real_node: RealNodeWorld, secret_scan: SecretScan
+) -> Iterator[InClusterRedis]:
+    """Redis from the locally built image on the real node, with a password from a Secret. Teardown deletes
+    the namespace's VLLMClusters and waits for their RayClusters to go first: KubeRay's GCS fault-tolerance
+    finalizer runs a Job that cleans the cluster's data from this Redis, which must still be there."""
+    secret_scan.secret(REDIS_PASSWORD, "the Redis password of GCS fault tolerance")
+    image = images.ensure_redis(default_cluster().node.containerd_socket)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "redis-credentials"},
+        "stringData": {"password": REDIS_PASSWORD},
+    }
+    kube.apply(secret, namespace)
+    for obj in redis(image, "redis-credentials", "password"):
+        kube.apply(obj, namespace)
+    kube.kubectl("rollout", "status", f"deployment/{REDIS_NAME}", "-n", namespace, "--timeout=120s")
+    service = kube.get_json("service", REDIS_NAME, "-n", namespace)
+    # The ClusterIP rather than the Service's DNS name: a head restart is tested here, not CoreDNS.
+    yield InClusterRedis(f"{service['spec']['clusterIP']}:{REDIS_PORT}", "redis-credentials", "password")
+    kube.kubectl("delete", "vllmclusters", "--all", "-n", namespace, "--wait=false", check=False)
+    wait_for(
+        lambda: not (kube.get_json("rayclusters", "-n", namespace) or {}).get("items"),
+        timeout=360,
+        interval=2,
+        what="the RayClusters gone (KubeRay's Redis cleanup Job done) before Redis goes",
+    )

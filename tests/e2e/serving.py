@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from hack.localcluster.workloads import on_real_node
-from rayvllm.ray import RayDashboardClient
+from rayvllm.ray import JobInfo, RayDashboardClient
 from tests.e2e.realnode import SAMPLE, RealNodeWorld, dashboard_of, pods_of
 from tests.support.kube import Kube
 from tests.support.wait import wait_for
@@ -65,20 +65,25 @@ def engines(obj: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {e["index"]: e for e in (obj.get("status") or {}).get("engines") or []}
 
 
-def jobs_of(kube: Kube, namespace: str, name: str) -> dict[str, str]:
-    """submission id -> status of every Ray job of this VLLMCluster, read from Ray itself."""
+def job_records(kube: Kube, namespace: str, name: str) -> dict[str, JobInfo]:
+    """submission id -> Ray's record of every Ray job of this VLLMCluster, read from Ray itself."""
     url, token = dashboard_of(kube, namespace, name)
 
-    async def listed() -> dict[str, str]:
+    async def listed() -> dict[str, JobInfo]:
         async with RayDashboardClient(url, token=token, timeout=10) as client:
             return {
-                job.submission_id: job.status
+                job.submission_id: job
                 for job in await client.list()
                 if job.metadata.get("rayvllm.io/namespace") == namespace
                 and job.metadata.get("rayvllm.io/name") == name
             }
 
     return asyncio.run(listed())
+
+
+def jobs_of(kube: Kube, namespace: str, name: str) -> dict[str, str]:
+    """submission id -> status of every Ray job of this VLLMCluster, read from Ray itself."""
+    return {sid: job.status for sid, job in job_records(kube, namespace, name).items()}
 
 
 def wait_ready(kube: Kube, namespace: str, name: str, replicas: int = 1) -> dict[str, Any]:
@@ -214,6 +219,13 @@ def engine_server_pids(served: str) -> list[int]:
         text=True,
         check=False,
     )
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def engine_core_pids() -> list[int]:
+    """vLLM engine core processes anywhere on this machine: they name themselves, not their model, so these
+    are every engine's. One outliving its API server is an orphan."""
+    found = subprocess.run(["pgrep", "-f", "^VLLM::EngineCore"], capture_output=True, text=True, check=False)
     return [int(pid) for pid in found.stdout.split()]
 
 

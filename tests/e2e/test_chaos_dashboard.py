@@ -18,8 +18,14 @@ its own /health: a dashboard fault alone takes nothing out of service); nothing 
 restarts and logs no unexpected exception. After each heal the condition clears; the chaos table's heal
 time is the longest from a heal to the condition cleared.
 
-The URL template applies to every VLLMCluster, so this module runs one, with an operator release of its own
-(the same namespace as `in_cluster_operator`'s, which pytest has uninstalled when the module before ended).
+The URL template applies to every VLLMCluster, so this module runs one at a time, with an operator release
+of its own (the same namespace as `in_cluster_operator`'s, which pytest has uninstalled when the module
+before ended).
+
+`make chaos` (marked `heavy`) holds each fault FAULT_SECONDS on a VLLMCluster of its own. `make test`'s
+reduced run (marked `reduced`) holds each for half as long, then goes on with every pod fault of
+tests/e2e/pod_faults.py in turn on the same VLLMCluster (one engine, GCS fault tolerance with Redis in the
+cluster): one model load for all of them.
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ import pytest
 
 from hack.localcluster.helm_release import OperatorRelease
 from hack.localcluster.network import NODE_IP
-from rayvllm.reasons import Reason
 from tests.e2e.chaos import (
+    FULL,
     ChaosRow,
     RouteWatch,
     Watch,
@@ -43,7 +49,18 @@ from tests.e2e.chaos import (
     record,
     restart_count,
 )
-from tests.e2e.conftest import E2E_SETTINGS, installed_operator
+from tests.e2e.conftest import E2E_SETTINGS, InClusterRedis, installed_operator
+from tests.e2e.leaks import SecretScan
+from tests.e2e.pod_faults import (
+    OOM_WORKER,
+    fault_in_place,
+    freeze_dashboard,
+    hang_engine,
+    lose_head_with_gcs_fault_tolerance,
+    lose_worker_pod,
+    serve,
+    unreachable_reported,
+)
 from tests.e2e.realnode import DASHBOARD_PORT, RealNodeWorld, dashboard_host, pods_of
 from tests.e2e.serving import (
     Load,
@@ -62,17 +79,15 @@ from tests.support.operator import OperatorProcess
 from tests.support.toxiproxy import Toxic, Toxiproxy
 from tests.support.wait import wait_for
 
-# Six faults of half a minute each after one model load (~10 min on 2 cores): `make chaos`, not `make test`.
-pytestmark = [pytest.mark.e2e, pytest.mark.chaos, pytest.mark.heavy]
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
 NAME = "dashfault"
 PROXY = "ray-dashboard"
-UNREACHABLE = Reason.RAY_DASHBOARD_UNREACHABLE.value
 # The chart's default, set explicitly: the latencies below are chosen around it.
 HTTP_TIMEOUT_SECONDS = 5
-# Long enough for a pass whose calls time out (a resync, then HTTP_TIMEOUT_SECONDS) to be reported a few
-# times over.
-FAULT_SECONDS = 30.0
+# Long enough for a pass whose calls time out (3 attempts of HTTP_TIMEOUT_SECONDS with backoff, after a
+# resync) to be reported: a few times over in the full run, at least once in the reduced one.
+FAULT_SECONDS = 30.0 if FULL else 15.0
 # From a heal to the condition cleared: a pass still waiting out its calls (3 attempts of HTTP_TIMEOUT_SECONDS
 # with backoff) reports the fault once more, the next one (a resync later) clears it. Generous.
 HEAL_TIMEOUT = 90.0
@@ -84,6 +99,8 @@ NO_UPSTREAM_YET = "127.0.0.1:1"
 OPERATOR_CONTAINER = "operator"  # the chart's container name
 # What the operator's loop logs for an exception it did not expect (rayvllm.handlers.vllmcluster.supervise).
 UNEXPECTED_EXCEPTION = "reconcile failed; will retry"
+HF_TOKEN = "hf_chaosPodsTokenNeverLogged0123456789"
+API_KEY = "sk-chaos-pods-key-never-logged-0123456789"
 LOAD_RATE = 2.0
 LOAD_LIMIT = 1800  # at 2 a second, longer than the scenario: the load never stops on its own before the end
 
@@ -183,10 +200,6 @@ def proxied_operator(
         yield release
 
 
-def unreachable_reported(obj: dict[str, Any]) -> bool:
-    return any(c.get("reason") == UNREACHABLE for c in conditions(obj).values())
-
-
 def ready_replicas(obj: dict[str, Any]) -> int:
     return int((obj.get("status") or {}).get("readyReplicas") or 0)
 
@@ -210,7 +223,9 @@ class FaultOutcome:
         return f"{self.fault.label}: reported {seen}, cleared {self.cleared_after:.0f}s after heal"
 
 
-def hold_and_heal(kube: Kube, namespace: str, proxy: DashboardProxy, fault: DashboardFault) -> FaultOutcome:
+def hold_and_heal(
+    kube: Kube, namespace: str, name: str, proxy: DashboardProxy, fault: DashboardFault
+) -> FaultOutcome:
     """The fault for FAULT_SECONDS, the status looked at every second; then healed, and waited for the status
     to be Ready without RayDashboardUnreachable."""
     reported_after: float | None = None
@@ -219,7 +234,7 @@ def hold_and_heal(kube: Kube, namespace: str, proxy: DashboardProxy, fault: Dash
     started = time.monotonic()
     try:
         while (elapsed := time.monotonic() - started) < FAULT_SECONDS:
-            current = vllm(kube, namespace, NAME)
+            current = vllm(kube, namespace, name)
             if reported_after is None and unreachable_reported(current):
                 reported_after = elapsed
             ready_seen.add(ready_replicas(current))
@@ -229,7 +244,7 @@ def hold_and_heal(kube: Kube, namespace: str, proxy: DashboardProxy, fault: Dash
     healed = time.monotonic()
 
     def cleared() -> bool:
-        current = vllm(kube, namespace, NAME)
+        current = vllm(kube, namespace, name)
         ready = conditions(current).get("Ready", {}).get("status") == "True"
         return ready and not unreachable_reported(current) and ready_replicas(current) == 1
 
@@ -237,53 +252,52 @@ def hold_and_heal(kube: Kube, namespace: str, proxy: DashboardProxy, fault: Dash
     return FaultOutcome(fault, reported_after, frozenset(ready_seen), time.monotonic() - healed)
 
 
-@pytest.mark.timeout(1800)
-def test_dashboard_faults_leave_a_healthy_engine_serving(
+def point_at_head(kube: Kube, namespace: str, name: str, proxy: DashboardProxy) -> None:
+    """The proxy's upstream: VLLMCluster `name`'s head Service, once KubeRay made it (the operator asks Ray
+    nothing before the head pod is ready, well after that)."""
+    head = wait_for(
+        lambda: dashboard_host(kube, namespace, name), timeout=120, interval=1, what="the head Service"
+    )
+    proxy.point_at(f"{head}:{DASHBOARD_PORT}")
+
+
+def dashboard_faults(
     kube: Kube,
     namespace: str,
-    volumes: None,
-    dashboard_proxy: DashboardProxy,
-    proxied_operator: OperatorRelease,
-    real_node: RealNodeWorld,
+    name: str,
+    proxy: DashboardProxy,
+    operator: OperatorRelease,
     capsys: pytest.CaptureFixture[str],
+    api_key: str = "unused",
 ) -> None:
-    body = manifest(NAME, real_node)
-    body["spec"]["model"]["servedModelName"] = NAME
-    kube.apply(body, namespace)
-    # The operator creates the RayCluster, KubeRay its head Service; the operator asks Ray nothing before the
-    # head pod is ready, well after this.
-    head = wait_for(
-        lambda: dashboard_host(kube, namespace, NAME), timeout=120, interval=1, what="the head Service"
-    )
-    dashboard_proxy.point_at(f"{head}:{DASHBOARD_PORT}")
-    obj = wait_ready(kube, namespace, NAME)
-    wait_for(
-        lambda: len(serving_ips(kube, namespace, NAME)) == 1, timeout=60, what="the Service on the engine"
-    )
+    """Every fault of FAULTS in turn, on VLLMCluster `name` serving one engine (its served model name its
+    own) through `operator`, whose dashboard URL is the proxy's; adds the chaos table's row and asserts that
+    nobody noticed but the status."""
+    obj = vllm(kube, namespace, name)
     before = engines(obj)[0]
-    jobs_before = jobs_of(kube, namespace, NAME)
+    jobs_before = jobs_of(kube, namespace, name)
     assert jobs_before.get(before["submissionId"]) == "RUNNING", jobs_before
     worker = before["podName"]
-    operator_before = operator_pod(proxied_operator)
-    unexpected_before = proxied_operator.logs().count(UNEXPECTED_EXCEPTION)
+    operator_before = operator_pod(operator)
+    unexpected_before = operator.logs().count(UNEXPECTED_EXCEPTION)
     row = ChaosRow("Ray dashboard faults")
     outcomes: list[FaultOutcome] = []
 
-    with Watch(kube, namespace, NAME) as watch:
+    with Watch(kube, namespace, name) as watch:
         watch.serving.set()
-        with Load(endpoint(kube, namespace, NAME), NAME, rate=LOAD_RATE, limit=LOAD_LIMIT) as load:
+        load = Load(endpoint(kube, namespace, name), name, rate=LOAD_RATE, limit=LOAD_LIMIT, api_key=api_key)
+        with load:
             load_started = time.monotonic()
-            with RouteWatch(kube, namespace, NAME, worker, pod_ip(kube, namespace, worker)) as routes:
+            with RouteWatch(kube, namespace, name, worker, pod_ip(kube, namespace, worker)) as routes:
                 for fault in FAULTS:
                     row.faults += 1
-                    outcomes.append(hold_and_heal(kube, namespace, dashboard_proxy, fault))
+                    outcomes.append(hold_and_heal(kube, namespace, name, proxy, fault))
             load_seconds = time.monotonic() - load_started
 
-    after_obj = vllm(kube, namespace, NAME)
-    after = engines(after_obj)[0]
-    jobs = jobs_of(kube, namespace, NAME)
-    operator_after = operator_pod(proxied_operator)
-    unexpected = proxied_operator.logs().count(UNEXPECTED_EXCEPTION) - unexpected_before
+    after = engines(vllm(kube, namespace, name))[0]
+    jobs = jobs_of(kube, namespace, name)
+    operator_after = operator_pod(operator)
+    unexpected = operator.logs().count(UNEXPECTED_EXCEPTION) - unexpected_before
     samples = routes.samples
     unlabelled = [s for s in samples if not s.labelled]
     outside = [s for s in samples if not s.in_service]
@@ -319,6 +333,82 @@ def test_dashboard_faults_leave_a_healthy_engine_serving(
     assert operator_after == operator_before
     assert unexpected == 0, f"{unexpected} x {UNEXPECTED_EXCEPTION!r} in the operator's log"
 
+
+@pytest.mark.heavy
+@pytest.mark.timeout(1800)
+def test_dashboard_faults_leave_a_healthy_engine_serving(
+    kube: Kube,
+    namespace: str,
+    volumes: None,
+    dashboard_proxy: DashboardProxy,
+    proxied_operator: OperatorRelease,
+    real_node: RealNodeWorld,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    body = manifest(NAME, real_node)
+    body["spec"]["model"]["servedModelName"] = NAME
+    kube.apply(body, namespace)
+    point_at_head(kube, namespace, NAME, dashboard_proxy)
+    wait_ready(kube, namespace, NAME)
+    wait_for(
+        lambda: len(serving_ips(kube, namespace, NAME)) == 1, timeout=60, what="the Service on the engine"
+    )
+    dashboard_faults(kube, namespace, NAME, dashboard_proxy, proxied_operator, capsys)
+
     # Deleted while the operator and the (healed) proxy still run: its finalizer stops the job through it.
     kube.kubectl("delete", "vllm", NAME, "-n", namespace, "--timeout=180s")
     wait_for(lambda: not pods_of(kube, namespace, NAME), timeout=420, interval=1, what="the Ray pods to go")
+
+
+@pytest.mark.reduced
+@pytest.mark.timeout(2700)
+def test_every_dashboard_and_pod_fault_in_turn_on_one_vllmcluster(
+    kube: Kube,
+    namespace: str,
+    volumes: None,
+    dashboard_proxy: DashboardProxy,
+    proxied_operator: OperatorRelease,
+    real_node: RealNodeWorld,
+    in_cluster_redis: InClusterRedis,
+    secret_scan: SecretScan,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """make test's reduced run: each fault once, in turn, on one engine that heals between them, all with one
+    model load. The worker group can run out of memory (OOM_WORKER); the restart policy allows every restart
+    with a short backoff."""
+    secret_scan.secret(HF_TOKEN, "pod faults' HF token")
+    secret_scan.secret(API_KEY, "pod faults' API key")
+    served, _ = serve(
+        kube,
+        namespace,
+        real_node,
+        "pod-faults",
+        worker=OOM_WORKER,
+        credentials=(HF_TOKEN, API_KEY),
+        restart_policy={"maxRestarts": 20, "backoffSeconds": 2, "maxBackoffSeconds": 5},
+        once_applied=lambda: point_at_head(kube, namespace, "pod-faults", dashboard_proxy),
+        gcsFaultTolerance=in_cluster_redis.gcs_fault_tolerance(),
+    )
+    # No restart: the dashboard's network faulted, the dashboard frozen, the head pod deleted (the job
+    # survives in Redis).
+    dashboard_faults(kube, namespace, served.name, dashboard_proxy, proxied_operator, capsys, API_KEY)
+    freeze_dashboard(kube, namespace, served, capsys)
+    lose_head_with_gcs_fault_tolerance(
+        kube, namespace, served, in_cluster_redis.address, real_node, secret_scan, capsys
+    )
+    # The proxy dials the head Service's ClusterIP as it was when pointed; once the head was replaced, only
+    # re-pointing it keeps the operator in touch with Ray (it reported RayDashboardUnreachable, and could not
+    # restart the next fault's engine, when left pointing at the old address).
+    point_at_head(kube, namespace, served.name, dashboard_proxy)
+    wait_for(
+        lambda: not unreachable_reported(vllm(kube, namespace, served.name)),
+        timeout=HEAL_TIMEOUT,
+        interval=1,
+        what="RayDashboardUnreachable cleared once the proxy follows the new head",
+    )
+    # One restart each, in the same pod, then in a new one.
+    hang_engine(kube, namespace, served, capsys)
+    for kind in ("engine", "container", "oom"):
+        fault_in_place(kube, namespace, served, kind, capsys)
+    lose_worker_pod(kube, namespace, served, forces=(True,), capsys=capsys)
+    secret_scan.keep_cluster("pod faults in turn", kube, namespace, served.name)

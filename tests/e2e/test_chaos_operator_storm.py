@@ -13,12 +13,16 @@ ride the same storm. Invariants:
 - no secret value appears in any operator instance's log, the status, the Events, the Ray job records or
   the RayCluster (the run's secret scan, tests/e2e/leaks.py).
 
-`RAYVLLM_CHAOS=full` (make chaos): 100 kills, 50 pod-less objects, scale and settings change included; the
-reduced run (make test) keeps every step of the storm's kind with fewer kills and objects.
+`RAYVLLM_CHAOS=full` (make chaos): 50 pod-less objects, and rounds of scale 1 -> 2 -> 1 and an engine-settings
+change repeated until 100 operator processes were SIGKILLed. The reduced run (make test): create, serve and
+delete under at least 10 kills with 8 pod-less objects; between storm and delete, with the operator left
+alone, it also deletes the Ray head pod of the serving VLLMCluster (no GCS fault tolerance), the scenario
+`make chaos` runs on a VLLMCluster of its own (tests/e2e/test_chaos_pods.py).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from typing import Any
@@ -26,6 +30,7 @@ from typing import Any
 import pytest
 
 from hack.localcluster.helm_release import OperatorRelease
+from rayvllm.models.spec import RestartPolicySpec
 from tests.e2e.chaos import (
     FULL,
     TABLE,
@@ -36,6 +41,7 @@ from tests.e2e.chaos import (
     submission_parts,
 )
 from tests.e2e.leaks import SecretScan
+from tests.e2e.pod_faults import Served, lose_head_without_gcs_fault_tolerance
 from tests.e2e.realnode import RealNodeWorld, pods_of
 from tests.e2e.serving import (
     READY_TIMEOUT,
@@ -56,12 +62,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
 HF_TOKEN = "hf_chaosStormTokenNeverLogged0123456789"
 API_KEY = "sk-chaos-storm-key-never-logged-0123456789"
-SERVED = "tiny-llama"
+SERVED = "storm"  # the served model name: the VLLMCluster's own, as tests/e2e/pod_faults.py expects
 NOWHERE = {"rayvllm.io/chaos": "no-such-node"}
 PODLESS = 50 if FULL else 8
-KILLS = 100 if FULL else 40  # the reduced run's bound; it must reach at least MIN_KILLS
-MIN_KILLS = 10
-SERVE_SECONDS = 60.0 if FULL else 40.0
+KILLS = 100 if FULL else 40  # operator processes SIGKILLed: the full run's target, the reduced run's bound
+MIN_KILLS = 100 if FULL else 10
+SERVE_SECONDS = 60.0 if FULL else 20.0
+MAX_ROUNDS = 5  # full run: rounds of scale and settings change at most (about 35 kills each)
 
 
 def podless(name: str, real_node: RealNodeWorld) -> dict[str, Any]:
@@ -84,7 +91,41 @@ def settled_like(kube: Kube, namespace: str, names: list[str], shape: dict[str, 
     return [n for n in names if n not in by_name or status_shape(by_name[n]) != shape]
 
 
-@pytest.mark.timeout(3600 if FULL else 1500)
+def serve_window(storm: OperatorStorm) -> None:
+    """Serve for SERVE_SECONDS, and on until the storm has killed MIN_KILLS operator processes (the reduced
+    run's floor)."""
+    serve_until = time.monotonic() + SERVE_SECONDS
+    while time.monotonic() < serve_until or (not FULL and storm.processes_killed < MIN_KILLS):
+        assert time.monotonic() < serve_until + 120, f"only {storm.processes_killed} kills in the window"
+        time.sleep(1)
+
+
+def scale_up_and_back(kube: Kube, namespace: str, name: str) -> None:
+    kube.kubectl("scale", "vllm", name, "-n", namespace, "--replicas=2")
+    wait_ready(kube, namespace, name, replicas=2)
+    kube.kubectl("scale", "vllm", name, "-n", namespace, "--replicas=1")
+    wait_ready(kube, namespace, name, replicas=1)
+    wait_for(
+        lambda: len(worker_pods(kube, namespace, name, terminating=False)) == 1,
+        timeout=READY_TIMEOUT,
+        what="the retired engine's worker pod to go",
+    )
+
+
+def change_settings(kube: Kube, namespace: str, name: str, max_model_len: int) -> None:
+    """An engine-settings change: engine 0 is recreated as the next generation."""
+    generation = vllm(kube, namespace, name)["metadata"]["generation"]
+    patch = json.dumps({"spec": {"engine": {"maxModelLen": max_model_len}}})
+    kube.kubectl("patch", "vllm", name, "-n", namespace, "--type=merge", "-p", patch)
+
+    def recreated() -> bool:
+        engine = engines(vllm(kube, namespace, name)).get(0) or {}
+        return f"-g{generation + 1}-a0-" in engine.get("submissionId", "") and bool(engine.get("ready"))
+
+    wait_for(recreated, timeout=READY_TIMEOUT, what=f"the engine recreated with maxModelLen {max_model_len}")
+
+
+@pytest.mark.timeout(5400 if FULL else 1500)
 def test_operator_restart_storm(
     kube: Kube,
     namespace: str,
@@ -94,8 +135,9 @@ def test_operator_restart_storm(
     secret_scan: SecretScan,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    name = "storm"
+    name = SERVED
     body = manifest(name, real_node)
+    body["spec"]["model"]["servedModelName"] = SERVED
     with_credentials(kube, namespace, body, HF_TOKEN, API_KEY)
     secret_scan.secret(HF_TOKEN, "storm's HF token")
     secret_scan.secret(API_KEY, "storm's API key")
@@ -112,52 +154,38 @@ def test_operator_restart_storm(
     crowd = [f"crowd-{i}" for i in range(PODLESS)]
     row = ChaosRow("operator restart storm")
     load_sent = load_failed = 0
+    failures: list[str] = []
     storm_logs: list[str] = []
 
     with Watch(kube, namespace, name) as watch:
-        # 1. Create, serve, (full: scale and change) under the storm.
+        # 1. Create and serve under the storm; the full run then repeats rounds of scale 1 -> 2 -> 1 (under
+        # load) and an engine-settings change until the storm has SIGKILLed KILLS operator processes.
         with OperatorStorm(in_cluster_operator, limit=KILLS, seed=1) as storm:
             items = [body, *(podless(n, real_node) for n in crowd)]
             kube.apply({"apiVersion": "v1", "kind": "List", "items": items}, namespace)
             wait_ready(kube, namespace, name)
-            watch.serving.set()
             base_url = endpoint(kube, namespace, name)
-            with Load(base_url, SERVED, rate=2.0, limit=2000, api_key=API_KEY) as load:
-                serve_until = time.monotonic() + SERVE_SECONDS
-                while time.monotonic() < serve_until or storm.processes_killed < MIN_KILLS:
-                    assert time.monotonic() < serve_until + 120, (
-                        f"only {storm.processes_killed} kills in the window"
-                    )
-                    time.sleep(1)
-                if FULL:
-                    kube.kubectl("scale", "vllm", name, "-n", namespace, "--replicas=2")
-                    wait_ready(kube, namespace, name, replicas=2)
-                    kube.kubectl("scale", "vllm", name, "-n", namespace, "--replicas=1")
-                    wait_ready(kube, namespace, name, replicas=1)
-                    wait_for(
-                        lambda: len(worker_pods(kube, namespace, name, terminating=False)) == 1,
-                        timeout=READY_TIMEOUT,
-                        what="the retired engine's worker pod to go",
-                    )
-            load_sent, load_failed = load.sent, len(load.failures)
-            failures = load.failures[:5]
-            watch.serving.clear()
-            if FULL:
+            rounds = 0
+            while True:
+                wait_ready(kube, namespace, name)
+                watch.serving.set()
+                with Load(base_url, SERVED, rate=2.0, limit=2000, api_key=API_KEY) as load:
+                    if rounds == 0:
+                        serve_window(storm)
+                    if FULL:
+                        scale_up_and_back(kube, namespace, name)
+                load_sent += load.sent
+                load_failed += len(load.failures)
+                failures += load.failures[:5]
+                watch.serving.clear()
+                if not FULL:
+                    break
+                rounds += 1
                 # Recreate: the endpoint goes dark by design while the new generation loads, so no load.
-                generation = vllm(kube, namespace, name)["metadata"]["generation"]
-                kube.kubectl(
-                    "patch", "vllm", name, "-n", namespace, "--type=merge",
-                    "-p", '{"spec":{"engine":{"maxModelLen":128}}}',
-                )  # fmt: skip
-                wait_for(
-                    lambda: (
-                        f"-g{generation + 1}-a0-"
-                        in (engines(vllm(kube, namespace, name)).get(0) or {}).get("submissionId", "")
-                        and engines(vllm(kube, namespace, name))[0].get("ready")
-                    ),
-                    timeout=READY_TIMEOUT,
-                    what="the engine recreated with the new settings",
-                )
+                change_settings(kube, namespace, name, max_model_len=128 if rounds % 2 else 256)
+                if storm.processes_killed >= KILLS:
+                    break
+                assert rounds < MAX_ROUNDS, f"only {storm.processes_killed} kills in {rounds} rounds"
         storm_logs += storm.logs
         row.faults += storm.kills
         processes_killed = storm.processes_killed
@@ -182,6 +210,11 @@ def test_operator_restart_storm(
     restarted = [sid for sid in watch.submissions if (parts := submission_parts(sid)) and parts[2] > 0]
     secret_scan.keep("storm: logs of the killed operators", "".join(storm_logs))
     secret_scan.keep_cluster("storm", kube, namespace, name)
+    if not FULL:
+        # The reduced run's head pod deleted without GCS fault tolerance (make chaos runs it on a VLLMCluster
+        # of its own, tests/e2e/test_chaos_pods.py), on this one now that the storm is over.
+        policy = RestartPolicySpec.model_validate(body["spec"]["restartPolicy"])
+        lose_head_without_gcs_fault_tolerance(kube, namespace, Served(name, 1, policy, API_KEY), capsys)
 
     # 3. Delete everything under a second, shorter storm: nothing is left.
     with OperatorStorm(in_cluster_operator, limit=20 if FULL else 5, seed=2) as delete_storm:
@@ -202,7 +235,9 @@ def test_operator_restart_storm(
     row.faults += delete_storm.kills
     secret_scan.keep("storm: logs of the killed operators", "".join(delete_storm.logs))
     row.notes = (
-        f"{processes_killed} operator processes SIGKILLed; {len(crowd) + 1} pod-less objects; heal = storm end to all settled; "
+        f"{processes_killed} operator processes SIGKILLed; {len(crowd) + 1} pod-less objects; "
+        + (f"{rounds} rounds of scale 1 -> 2 -> 1 and a settings change; " if FULL else "")
+        + "heal = storm end to all settled; "
         f"delete under {delete_storm.kills} more kills took {time.monotonic() - deleted:.0f}s; "
         f"Service dark in {watch.dark_samples}/{watch.samples} samples"
     )

@@ -4,8 +4,10 @@ built from our Dockerfile; a VLLMCluster (the tiny CPU sample, its model on a Pe
 operator submits each engine through the head Service's Jobs API, the engine lands on a worker pod
 through the slot resource, and clients call the endpoint Service with the official `openai` client.
 
-One long scenario per model load budget: serve, scale 1 -> 2 -> 1 under load, heal a killed engine,
-survive an operator restart without resubmitting, recreate on an engine-settings change, delete cleanly.
+One long scenario per model load budget: serve, scale 1 -> 2 -> 1 under load, recreate on an
+engine-settings change, delete cleanly. A killed engine healed in its pod and an operator restarted without
+resubmitting are the chaos suite's (tests/e2e/pod_faults.py, test_chaos_operator_storm.py), under load
+and with more invariants.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from hack.localcluster.helm_release import OperatorRelease
-from tests.e2e.conftest import E2E_SETTINGS
+from tests.e2e.conftest import E2E_SETTINGS, RAY_VERSION
 from tests.e2e.realnode import RealNodeWorld, pods_of
 from tests.e2e.serving import (
     READY_TIMEOUT,
@@ -27,12 +29,12 @@ from tests.e2e.serving import (
     engine_server_pids,
     engines,
     first_health_200,
+    job_records,
     jobs_of,
     manifest,
     pod_ip,
     report,
     served_requests,
-    serving_ips,
     vllm,
     wait_ready,
     worker_pods,
@@ -43,9 +45,9 @@ from tests.support.wait import wait_for
 pytestmark = pytest.mark.e2e
 
 
-# Five model loads and a scale-down drain on two shared cores: past pytest's 600 s default.
+# Three model loads and a scale-down drain on two shared cores: past pytest's 600 s default.
 @pytest.mark.timeout(1800)
-def test_serve_scale_heal_adopt_recreate_delete(
+def test_serve_scale_recreate_delete(
     kube: Kube,
     namespace: str,
     volumes: None,
@@ -104,6 +106,15 @@ def test_serve_scale_heal_adopt_recreate_delete(
         == 0
     )
 
+    # kubectl logs and exec go through the API server to the real kubelet; the pods run the pinned Ray.
+    head_pod = next(p for p in pods_of(kube, namespace, name) if p["metadata"]["name"] not in workers)
+    head_log = kube.kubectl("logs", "-n", namespace, head_pod["metadata"]["name"], "-c", "ray-head").stdout
+    assert "Ray runtime started" in head_log, head_log[-2000:]
+    version = kube.kubectl(
+        "exec", "-n", namespace, first["podName"], "-c", "ray-worker", "--", "ray", "--version"
+    ).stdout
+    assert f"version {RAY_VERSION}" in version, version
+
     # 2. The endpoint Service, with the official client: a completion and a streamed chat completion.
     base_url = endpoint(kube, namespace, name)
     api = client(base_url)
@@ -143,6 +154,7 @@ def test_serve_scale_heal_adopt_recreate_delete(
         time.sleep(3)
         kube.kubectl("scale", f"vllm/{name}", "-n", namespace, "--replicas=1")
         scaled_down = time.monotonic()
+        scaled_down_wall = time.time()
         # KubeRay deletes exactly the retired engine's pod (workersToDelete): it is terminating, the other not.
         wait_for(
             lambda: set(worker_pods(kube, namespace, name, terminating=False)) == {pods[0]},
@@ -165,58 +177,19 @@ def test_serve_scale_heal_adopt_recreate_delete(
     assert worker_pods(kube, namespace, name)[pods[0]]["metadata"]["uid"] == keep_uid
     obj = wait_ready(kube, namespace, name, replicas=1)
     assert list(engines(obj)) == [0] and engines(obj)[0]["podName"] == pods[0]
-    assert jobs_of(kube, namespace, name)[retired_job] == "STOPPED"
+    retired = job_records(kube, namespace, name)[retired_job]
+    assert retired.status == "STOPPED", (
+        retired.status,
+        retired.error_type,
+        (retired.message or "")[-1500:],
+        f"ended {(retired.end_time or 0) / 1000 - scaled_down_wall:.1f} s after the scale",
+    )
     report(capsys, "replicas 2 -> 1 under load", {"retiredPodTerminating": removed - scaled_down})
     with capsys.disabled():
         print(f"[e2e measurement] requests during 2 -> 1: sent={load.sent}, failed={len(load.failures)}")
 
-    # 5. Kill the vLLM process inside its pod -> noticed, restarted after backoff, Ready with restarts 1.
+    # 5. An engine-settings change -> Recreate: the old job stops, a new one (new generation) serves.
     running_id = engines(obj)[0]["submissionId"]
-    killed = time.monotonic()
-    kube.kubectl(
-        "exec", "-n", namespace, pods[0], "-c", "ray-worker", "--",
-        "pkill", "-9", "-f", "vllm.entrypoints.openai.api_server",
-    )  # fmt: skip
-
-    def restarted() -> dict[str, Any] | None:
-        obj = vllm(kube, namespace, name)
-        e = engines(obj).get(0, {})
-        return obj if e.get("restarts") == 1 and e.get("ready") is True else None
-
-    obj = wait_for(restarted, timeout=READY_TIMEOUT, interval=1, what="engine 0 restarted and Ready again")
-    report(capsys, "kill to Ready again", {"recovery": time.monotonic() - killed})
-    engine = engines(obj)[0]
-    assert engine["submissionId"] != running_id and "attempt" in (engine.get("lastFailure") or "")
-    assert any(e["reason"] == "EngineRestarting" for e in kube.events(namespace, name))
-    # A new connection (the old one went with the killed server), once the Service routes to the new engine.
-    wait_for(
-        lambda: serving_ips(kube, namespace, name) == {ips[0]}, timeout=60, what="the Service on the engine"
-    )
-    assert client(base_url).completions.create(model=served, prompt="again", max_tokens=4).choices
-
-    # 6. Restart the operator (delete its pod) while the engine runs -> the job is adopted, none submitted.
-    jobs_before = jobs_of(kube, namespace, name)
-    old_pod = in_cluster_operator.pod()
-    assert old_pod is not None
-    kube.kubectl(
-        "delete", "pod", "-n", in_cluster_operator.namespace, old_pod["metadata"]["name"], "--wait=true"
-    )
-    wait_for(
-        lambda: (
-            (p := in_cluster_operator.pod()) is not None
-            and p["metadata"]["uid"] != old_pod["metadata"]["uid"]
-            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
-        ),
-        timeout=180,
-        interval=1,
-        what="a new operator pod Ready",
-    )
-    time.sleep(8)  # four resync periods: the quantity measured is "no new submission"
-    obj = vllm(kube, namespace, name)
-    assert engines(obj)[0]["submissionId"] == engine["submissionId"] and engines(obj)[0]["ready"] is True
-    assert jobs_of(kube, namespace, name) == jobs_before
-
-    # 7. An engine-settings change -> Recreate: the old job stops, a new one (new generation) serves.
     kube.kubectl(
         "patch",
         "vllm",
@@ -238,9 +211,9 @@ def test_serve_scale_heal_adopt_recreate_delete(
     obj = wait_for(recreated, timeout=READY_TIMEOUT, interval=1, what="the engine recreated")
     report(capsys, "engine settings change to Ready", {"recreate": time.monotonic() - changed})
     jobs = jobs_of(kube, namespace, name)
-    assert jobs[engine["submissionId"]] == "STOPPED", jobs
+    assert jobs[running_id] == "STOPPED", jobs
 
-    # 8. Delete -> every job stopped first (the finalizer), then no pod and no vLLM process left.
+    # 6. Delete -> every job stopped first (the finalizer), then no pod and no vLLM process left.
     assert engine_server_pids(served), "no vLLM API server process found on this machine"
     kube.kubectl("delete", "vllm", name, "-n", namespace, "--timeout=180s")
     wait_for(lambda: not pods_of(kube, namespace, name), timeout=420, interval=1, what="the Ray pods to go")
@@ -257,7 +230,7 @@ def test_engine_that_cannot_start_backs_off_then_fails(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = "broken"
-    policy = {"maxRestarts": 2, "backoffSeconds": 2, "maxBackoffSeconds": 4}
+    policy = {"maxRestarts": 1, "backoffSeconds": 2, "maxBackoffSeconds": 4}
     body = manifest(name, real_node, restartPolicy=policy)
     body["spec"]["model"]["source"] = "pvc://models/no-such-model"
     start = time.monotonic()
@@ -272,15 +245,15 @@ def test_engine_that_cannot_start_backs_off_then_fails(
     ready = conditions(obj)["Ready"]
     assert ready["status"] == "False" and ready["reason"] == "RestartBudgetExhausted", ready
     engine = engines(obj)[0]
-    assert engine["budgetExhausted"] is True and engine["restarts"] == 2
+    assert engine["budgetExhausted"] is True and engine["restarts"] == 1
     assert "no-such-model" in engine["lastFailure"] or "FAILED" in engine["lastFailure"], engine[
         "lastFailure"
     ]
 
     # Exactly maxRestarts + 1 submissions, then nothing: no hot loop.
-    assert len(jobs_of(kube, namespace, name)) == 3
+    assert len(jobs_of(kube, namespace, name)) == 2
     time.sleep(6)  # three resync periods: the quantity measured is "no further submission"
-    assert len(jobs_of(kube, namespace, name)) == 3
+    assert len(jobs_of(kube, namespace, name)) == 2
     reasons = [e["reason"] for e in kube.events(namespace, name) if e["type"] == "Warning"]
     assert "EngineFailed" in reasons and "EngineRestarting" in reasons, reasons
     kube.kubectl("delete", "vllm", name, "-n", namespace, "--timeout=180s")

@@ -210,6 +210,45 @@ def test_failed_entrypoint_reports_why(ray: RayOnPods) -> None:
     run(lambda c: c.delete(sid), ray.dashboard_url, ray.token)
 
 
+def test_killed_entrypoint_leaves_no_process_behind(kube: Kube, ray: RayOnPods) -> None:
+    # vLLM's API server (the entrypoint) starts its engine core and workers as children. Killed, it must not
+    # leave them holding the pod's memory: Ray's watcher kills the entrypoint's process group once the job's
+    # supervisor exits, which our workers' Ray settings keep working (builders.raycluster.ORPHAN_CLEANUP_ENV),
+    # and the exit code stays Ray's to report (the subreaper setting lost it: every job SUCCEEDED).
+    sid = unique("e2e-orphan")
+    child = "sleep 613"
+    code = f"import subprocess, time; subprocess.Popen({child.split()!r}); print('spawned', flush=True); time.sleep(600)"
+    request = python_job(sid, code, entrypoint_resources={ENGINE_SLOT_RESOURCE: 1.0})
+    request = request.model_copy(update={"entrypoint": f"exec {request.entrypoint}"})
+    pod, container = ray.worker_pod["metadata"]["name"], ray.worker_pod["spec"]["containers"][0]["name"]
+
+    def processes() -> dict[str, tuple[str, str]]:
+        """Command line -> (pid, state) of the worker container's processes."""
+        listing = kube.kubectl(
+            "exec", "-n", ray.namespace, pod, "-c", container, "--", "ps", "-eo", "pid=,stat=,args="
+        )
+        rows = (line.split(None, 2) for line in listing.stdout.splitlines())
+        return {row[2]: (row[0], row[1]) for row in rows if len(row) == 3}
+
+    run(lambda c: c.submit(request), ray.dashboard_url, ray.token)
+    run(lambda c: wait_for(c, sid, lambda j: j.status == "RUNNING"), ray.dashboard_url, ray.token)
+    deadline = time.monotonic() + 30
+    while not any(line == child for line in processes()):
+        assert time.monotonic() < deadline, f"the entrypoint's child never started: {processes()}"
+        time.sleep(0.5)
+    (entrypoint_pid,) = [pid for line, (pid, _) in processes().items() if line.startswith("python -c")]
+    kube.kubectl("exec", "-n", ray.namespace, pod, "-c", container, "--", "kill", "-9", entrypoint_pid)
+
+    job = run(lambda c: wait_for(c, sid, lambda j: j.terminal), ray.dashboard_url, ray.token)
+    assert (job.status, job.driver_exit_code) == ("FAILED", -9), job
+    deadline = time.monotonic() + 15
+    # Dead: gone, or a zombie of the container's init (`ray start`, which reaps nobody): it holds no memory.
+    while (left := processes().get(child)) is not None and not left[1].startswith("Z"):
+        assert time.monotonic() < deadline, f"the killed entrypoint's child lives on: {left}"
+        time.sleep(0.5)
+    run(lambda c: c.delete(sid), ray.dashboard_url, ray.token)
+
+
 def test_job_needing_more_slots_than_exist_stays_pending_even_when_stopped(ray: RayOnPods) -> None:
     # Ray 2.60 facts the supervisor must live with: a job whose supervisor actor cannot be placed stays
     # PENDING (until the head's RAY_JOB_START_TIMEOUT_SECONDS, default 900 s, fails it); stop() answers

@@ -35,6 +35,9 @@ VALID_OBJECTS = (
     *sorted((REPO / "tests" / "unit" / "cases").glob("*.yaml")),
 )
 REGRESSIONS = REPO / "tests" / "bad_inputs" / "fuzz-regressions.json"
+# The counts of this session's fuzz run, for the session's terminal summary (pytest captures what a passing
+# test prints).
+SUMMARY: list[str] = []
 # Hypothesis caches Unicode tables (and, unless told otherwise, examples) under ./.hypothesis; nothing of
 # it belongs in the repository, and the draws below use no example database at all.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "rayvllm-hypothesis")

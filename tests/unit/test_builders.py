@@ -16,7 +16,7 @@ import yaml
 from hack.localcluster.controlplane import Tools
 from rayvllm.builders import build_ray_cluster, build_service, ray_auth_secret_name
 from rayvllm.builders.labels import CLUSTER_LABEL, SERVING_LABEL, cluster_labels
-from rayvllm.builders.raycluster import HF_TOKEN_ENV
+from rayvllm.builders.raycluster import HF_TOKEN_ENV, NO_DRAIN_ON_SIGTERM_ENV, ORPHAN_CLEANUP_ENV
 from rayvllm.models import VLLMCluster, VLLMClusterSpec, parse_cluster
 from rayvllm.placement import ENGINE_SLOT_RESOURCE
 
@@ -132,9 +132,12 @@ def test_secrets_are_referenced_never_copied() -> None:
             "name": HF_TOKEN_ENV,
             "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
         }
-        # The only literal value is the operator's own switch that keeps Ray from reporting usage.
-        assert [name for name, var in env.items() if "value" in var] == ["RAY_USAGE_STATS_ENABLED"]
-        assert env["RAY_USAGE_STATS_ENABLED"]["value"] == "0"
+        # The only literal values are the operator's own Ray switches: no usage reports, no node drain on
+        # SIGTERM; on the workers, orphaned engine processes cleaned up by process group (ORPHAN_CLEANUP_ENV).
+        switches = {"RAY_USAGE_STATS_ENABLED": "0", **NO_DRAIN_ON_SIGTERM_ENV}
+        if group is worker:
+            switches |= ORPHAN_CLEANUP_ENV
+        assert {name: var["value"] for name, var in env.items() if "value" in var} == switches
 
 
 def test_children_are_owned_and_labelled() -> None:

@@ -30,6 +30,7 @@ from rayvllm.engine.decide import (
     RETIRED_SCALED_DOWN,
     RETIRED_SUSPENDED,
     Observed,
+    answered_late,
     decide,
     engine_base_url,
     free_engine_slots,
@@ -354,6 +355,30 @@ CASES = {
         job=job("RUNNING"),
         probe=probe(EngineState.UNHEALTHY),
         kept={"ready": False, "unhealthy_since": NOW, "health": "Unhealthy"},
+    ),
+    # One late answer (a probe timed out after one that answered) may be a busy engine: it serves on until
+    # the next probe; a second in a row takes it out.
+    "ready-answers-late-once-serves-on": Case(
+        serving(),
+        Unhealthy,
+        job=job("RUNNING"),
+        probe=probe(EngineState.UNRESPONSIVE),
+        kept={"ready": True, "unhealthy_since": NOW, "health": "Unresponsive"},
+    ),
+    "ready-answers-late-twice-leaves": Case(
+        serving(health="Unresponsive", unhealthy_since=NOW - timedelta(seconds=6)),
+        Unhealthy,
+        job=job("RUNNING"),
+        probe=probe(EngineState.UNRESPONSIVE),
+        kept={"ready": False, "unhealthy_since": NOW - timedelta(seconds=6), "health": "Unresponsive"},
+    ),
+    "ready-answers-late-then-well-is-serving": Case(
+        serving(health="Unresponsive", unhealthy_since=NOW - timedelta(seconds=6)),
+        Wait,
+        job=job("RUNNING"),
+        probe=READY,
+        why=Waiting.SERVING,
+        kept={"ready": True, "unhealthy_since": None, "health": "Ready"},
     ),
     "unhealthy-within-grace-keeps-its-start": Case(
         serving(ready=False, unhealthy_since=NOW - timedelta(seconds=29)),
@@ -766,6 +791,7 @@ REQUEUE = {
     "pending": ([serving(0), submitted(1)], 1.5),
     "running-not-ready": ([submitted(0, job_status="RUNNING")], 1.5),
     "unhealthy-within-grace": ([serving(0, ready=False, unhealthy_since=NOW)], 1.5),
+    "serving-through-a-late-answer": ([serving(0, health="Unresponsive", unhealthy_since=NOW)], 1.5),
     "draining": ([serving(0), serving(2, ready=False, draining_since=NOW)], 1.5),
     "backing-off": ([serving(0), fresh(1, restart_after=NOW + timedelta(seconds=7))], 7.0),
     "backoff-nearly-over": ([fresh(0, restart_after=NOW + timedelta(seconds=0.1))], 0.5),
@@ -839,16 +865,31 @@ def test_without_ray_an_engine_that_answers_keeps_serving() -> None:
     assert kept.ready and kept.health == "Ready" and kept.unhealthy_since is None
 
 
-@pytest.mark.parametrize("state", [EngineState.UNHEALTHY, EngineState.UNRESPONSIVE, EngineState.HUNG])
+@pytest.mark.parametrize(
+    ("state", "before"),
+    [
+        (EngineState.UNHEALTHY, "Ready"),
+        (EngineState.HUNG, "Ready"),
+        (EngineState.UNRESPONSIVE, "Unresponsive"),  # the second late answer in a row
+    ],
+)
 def test_without_ray_an_engine_that_does_not_answer_leaves_the_service_but_is_not_restarted(
-    state: EngineState,
+    state: EngineState, before: str
 ) -> None:
-    record = serving()
+    record = serving(health=before)
     kept = judge_without_ray(record, probe(state))
     assert not kept.ready and kept.health == state.value
     # Nothing else moves: no failure, no restart count, no grace clock (they resume with Ray).
     same = ("submission_id", "attempt", "restarts", "unhealthy_since", "last_failure", "restart_after")
     assert {f: getattr(kept, f) for f in same} == {f: getattr(record, f) for f in same}
+
+
+def test_without_ray_one_late_answer_serves_on_and_is_looked_at_again_soon() -> None:
+    record = serving()
+    kept = judge_without_ray(record, probe(EngineState.UNRESPONSIVE))
+    assert kept.ready and kept.health == "Unresponsive" and kept.unhealthy_since is None
+    assert answered_late(kept) and requeue_after([kept], CTX) == 1.5
+    assert not judge_without_ray(kept, probe(EngineState.UNRESPONSIVE)).ready
 
 
 def test_without_ray_an_engine_not_asked_is_not_ready() -> None:

@@ -1,5 +1,5 @@
 """How probe answers map to engine states. The answers are vLLM's documented ones, played by an httpx
-MockTransport; the real server is probed by the e2e tier (tests/e2e/test_real_pods.py and test_engine_supervision.py)."""
+MockTransport; the real server is probed by the e2e tier (tests/e2e/test_engine_supervision.py)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ entrypoint: >-
   exec /venv/bin/python -m vllm.entrypoints.openai.api_server
   --model /models/tiny-llama --served-model-name tiny-llama --host 127.0.0.1 --port 8000
   --tensor-parallel-size 1 --pipeline-parallel-size 1 --distributed-executor-backend mp
-  --max-model-len 256 --dtype float32
+  --max-model-len 256 --dtype float32 --enforce-eager
 submission_id: rayvllm-tiny-cpu-r0-g1-a2-241b7446
 runtime_env:
   env_vars:

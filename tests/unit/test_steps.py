@@ -510,10 +510,19 @@ def test_a_dashboard_fault_alone_keeps_an_answering_engine_serving(fails_at: str
 
 
 @pytest.mark.parametrize("fails_at", FAILING_CALLS)
+def test_with_the_dashboard_failing_one_late_answer_serves_on_and_is_probed_again_soon(fails_at: str) -> None:
+    p = pass_with_dashboard_fault(FailingDashboard(fails_at), Engine(EngineState.UNRESPONSIVE))
+    (engine,) = p.engines
+    assert engine.ready and engine.health == "Unresponsive"
+    assert serving_changes([pod_view(pod(SERVING_POD, serving=True))], p.engines) == {}
+    assert p.outcome.requeue_after == p.settings.starting_probe_seconds
+
+
+@pytest.mark.parametrize("fails_at", FAILING_CALLS)
 def test_with_the_dashboard_failing_an_engine_that_stops_answering_leaves_the_service_unrestarted(
     fails_at: str,
 ) -> None:
-    p = pass_with_dashboard_fault(FailingDashboard(fails_at), Engine(EngineState.UNRESPONSIVE))
+    p = pass_with_dashboard_fault(FailingDashboard(fails_at), Engine(EngineState.STARTING))
     (engine,) = p.engines
     assert not engine.ready
     assert serving_changes([pod_view(pod(SERVING_POD, serving=True))], p.engines) == {SERVING_POD: False}

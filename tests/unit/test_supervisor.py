@@ -265,3 +265,79 @@ def test_loads_are_read_from_the_ready_engines_only_with_autoscaling() -> None:
     assert serving.loads_read == ["http://10.0.0.7:8000"]
     unscaled = FakeProber(EngineState.READY)
     assert run(spec(replicas=1), unscaled) == {} and unscaled.loads_read == []
+
+
+# ---- a scaled-down engine's record (and so its pod) stays until its stopped job has ended in Ray ------------
+
+
+@dataclass
+class EndingRay:
+    """Ray as the supervisor sees it around a stopped job: `status` is what GET /api/jobs/{id} answers."""
+
+    status: str
+    calls: list[str] = field(default_factory=list)
+
+    async def stop(self, submission_id: str) -> bool:
+        self.calls.append(f"stop {submission_id}")
+        return True
+
+    async def get(self, submission_id: str) -> JobInfo:
+        self.calls.append(f"get {submission_id}")
+        return JobInfo(submission_id=submission_id, status=self.status)
+
+
+LEAVING_SID = "rayvllm-llm-r1-g3-a0-x"
+
+
+def retire_engine_1(
+    ray: EndingRay, drained_for: float, **changes: Any
+) -> tuple[list[EngineStatus], list[str]]:
+    """One pass over a VLLMCluster scaled from 2 to 1 replica whose engine 1 has drained for `drained_for` s:
+    the records status keeps and the Events' reasons."""
+    ctx = EngineContext(REF, spec(replicas=1, **changes), Settings(engine_host_override=None), T0)
+    leaving = EngineStatus(
+        index=1,
+        submission_id=LEAVING_SID,
+        job_status="RUNNING",
+        generation=3,
+        ready=False,
+        pod_name="llm-workers-b",
+        draining_since=T0 - timedelta(seconds=drained_for),
+    )
+    result = asyncio.run(
+        Supervisor(cast(RayDashboardClient, ray), ctx, prober=FakeProber()).run([leaving], False)
+    )
+    return result.engines, [event.reason for event in result.events]
+
+
+def test_a_drained_engine_whose_stopped_job_still_ends_keeps_its_record_and_pod() -> None:
+    ray = EndingRay("RUNNING")
+    engines, reasons = retire_engine_1(ray, drained_for=6)
+    assert ray.calls == [f"stop {LEAVING_SID}", f"get {LEAVING_SID}"]
+    kept = {e.index: e for e in engines}[1]
+    assert kept.pod_name == "llm-workers-b" and not kept.ready
+    assert kept.draining_since == T0 - timedelta(seconds=6)
+    assert "EngineStopped" not in reasons
+
+
+@pytest.mark.parametrize("status", ["STOPPED", "FAILED", "SUCCEEDED", "PENDING"])
+def test_the_record_goes_with_engine_stopped_once_the_job_has_ended_or_never_ran(status: str) -> None:
+    engines, reasons = retire_engine_1(EndingRay(status), drained_for=6)
+    assert [e.index for e in engines] == [0] and "EngineStopped" in reasons
+
+
+def test_a_stop_past_ray_s_own_sigkill_deadline_lets_the_record_go_without_asking_ray() -> None:
+    # drain 5 s + RAY_JOB_STOP_WAIT_TIME_S (30 s grace + vLLM's --shutdown-timeout 20) + the 10 s margin = 65 s
+    ray = EndingRay("RUNNING")
+    engines, reasons = retire_engine_1(ray, drained_for=64.9, engine={"extraArgs": ["--shutdown-timeout=20"]})
+    assert 1 in {e.index for e in engines} and ray.calls[-1] == f"get {LEAVING_SID}"
+    ray = EndingRay("RUNNING")
+    engines, reasons = retire_engine_1(ray, drained_for=65, engine={"extraArgs": ["--shutdown-timeout=20"]})
+    assert [e.index for e in engines] == [0] and "EngineStopped" in reasons
+    assert ray.calls == [f"stop {LEAVING_SID}"]
+
+
+def test_a_suspended_cluster_s_engines_are_stopped_without_waiting_for_their_jobs() -> None:
+    ray = EndingRay("RUNNING")
+    engines, reasons = retire_engine_1(ray, drained_for=6, suspend=True)
+    assert engines == [] and ray.calls == [f"stop {LEAVING_SID}"] and "EngineStopped" in reasons

@@ -58,7 +58,8 @@ class MarkReady:
 @dataclass(frozen=True)
 class Unhealthy:
     """A once-ready engine fails its probe, still within settings.unhealthy_grace_seconds: out of the
-    Service (not ready) but not restarted yet."""
+    Service (not ready; after one late answer it serves on till the next probe, decide.serves_through) but
+    not restarted yet."""
 
     record: EngineStatus
     detail: str

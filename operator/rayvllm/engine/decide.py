@@ -33,7 +33,7 @@ from rayvllm.engine.actions import (
 from rayvllm.engine.context import EngineContext
 from rayvllm.engine.failure import last_log_line, redact
 from rayvllm.engine.job import EngineRef, submission_id
-from rayvllm.engine.probe import EngineProbe
+from rayvllm.engine.probe import EngineProbe, EngineState
 from rayvllm.engine.rollout import gives_way, keeps_serving_until_replaced, new_engine
 from rayvllm.models.rayapi import ClusterResources, JobInfo
 from rayvllm.models.spec import VLLMClusterSpec
@@ -272,6 +272,7 @@ def _judge_job(
         return Wait(record, Waiting.NO_ADDRESS)
     if probe is None:
         return Wait(record, Waiting.NOT_PROBED)
+    serves_on = serves_through(record, probe)
     record = record.model_copy(
         update={
             "url": f"{url}/v1",
@@ -279,10 +280,28 @@ def _judge_job(
             "health": probe.state.value,
         }
     )
-    return _judge_probe(record, probe, startup_over, ctx)
+    return _judge_probe(record, probe, startup_over, ctx, serves_on=serves_on)
 
 
-def _judge_probe(record: EngineStatus, probe: EngineProbe, startup_over: bool, ctx: EngineContext) -> Action:
+def serves_through(record: EngineStatus, probe: EngineProbe) -> bool:
+    """A serving engine whose probe got no answer in time, after one that did: it may only be too busy to
+    answer within the timeout (a CPU shared with a restarting Ray head, a burst of requests), so it stays in
+    the Service until the next probe, which comes soon (answered_late). A second late answer in a row, a
+    refused connection, an error or a failed canary takes it out at once. Kubernetes' readiness probes
+    likewise take a pod out only after failureThreshold misses."""
+    return (
+        record.ready and record.health == EngineState.READY.value and probe.state is EngineState.UNRESPONSIVE
+    )
+
+
+def answered_late(record: EngineStatus) -> bool:
+    """Serving through a probe that timed out (serves_through): looked at again soon."""
+    return record.ready and record.health == EngineState.UNRESPONSIVE.value
+
+
+def _judge_probe(
+    record: EngineStatus, probe: EngineProbe, startup_over: bool, ctx: EngineContext, *, serves_on: bool
+) -> Action:
     if probe.ready:
         if record.ready:
             return Wait(record.model_copy(update={"unhealthy_since": None}), Waiting.SERVING)
@@ -295,7 +314,8 @@ def _judge_probe(record: EngineStatus, probe: EngineProbe, startup_over: bool, c
             return _fail(
                 record, f"engine unhealthy for over {grace:.0f}s: {probe.detail}", ctx, job_may_run=True
             )
-        return Unhealthy(record.model_copy(update={"ready": False, "unhealthy_since": since}), probe.detail)
+        update = {"ready": serves_on, "unhealthy_since": since}
+        return Unhealthy(record.model_copy(update=update), probe.detail)
     if startup_over:
         timeout = ctx.spec.engine.startup_timeout_seconds
         reason = f"not ready within startupTimeoutSeconds ({timeout}s): {probe.detail}"
@@ -353,6 +373,34 @@ def _drained(record: EngineStatus, ctx: EngineContext) -> bool:
     return ctx.now - record.draining_since >= timedelta(seconds=ctx.settings.drain_seconds)
 
 
+# A Ray job's record is kept by its supervisor actor, which runs on the engine's worker pod: a pod removed while
+# its stopped job is still ending (vLLM under Ray may take the whole RAY_JOB_STOP_WAIT_TIME_S) takes the actor
+# with it, and Ray records the job FAILED. So a scaled-down engine's record, and with it its pod
+# (rayvllm.workers), stays until Ray reports the job ended, or until its stop is this much overdue.
+JOB_END_MARGIN_SECONDS = 10.0
+
+
+def waits_for_job_end(action: Retire) -> bool:
+    """Only a scale-down removes the retired engine's pod: a recreated engine's replacement reuses it, an
+    outgoing one is handed to engine.rollout, and a suspended cluster loses every pod anyway."""
+    return action.why == RETIRED_SCALED_DOWN
+
+
+def job_end_overdue(record: EngineStatus, ctx: EngineContext, ray_stop_wait_seconds: float) -> bool:
+    """Its job was stopped once it had drained: past Ray's own SIGKILL deadline and a margin, its pod goes
+    whatever Ray says."""
+    if record.draining_since is None:
+        return False
+    allowed = ctx.settings.drain_seconds + ray_stop_wait_seconds + JOB_END_MARGIN_SECONDS
+    return ctx.now - record.draining_since >= timedelta(seconds=allowed)
+
+
+def still_stopping(record: EngineStatus, ctx: EngineContext) -> EngineStatus:
+    """The record of a scaled-down engine whose stopped job has not ended: out of the Service, its pod kept,
+    looked at again soon (requeue_after follows draining_since)."""
+    return record.model_copy(update={"ready": False, "draining_since": record.draining_since or ctx.now})
+
+
 def _drain(record: EngineStatus, ctx: EngineContext) -> Drain:
     since = record.draining_since or ctx.now
     draining = record.model_copy(update={"ready": False, "draining_since": since})
@@ -380,11 +428,13 @@ def engine_base_url(record: EngineStatus, ctx: EngineContext) -> str | None:
 def judge_without_ray(record: EngineStatus, probe: EngineProbe | None) -> EngineStatus:
     """The Ray dashboard did not answer, so Ray's view of the jobs is unknown: nothing is submitted,
     restarted or stopped on its account. An engine that has served keeps serving while its own probe says
-    it does (a dashboard fault alone never takes it out of the Service); the rest count as not ready until
-    Ray answers again. Grace and restarts resume with Ray."""
+    it does (a dashboard fault alone never takes it out of the Service; one late answer neither,
+    serves_through); the rest count as not ready until Ray answers again. Grace and restarts resume with
+    Ray."""
     if probe is None:
         return record.model_copy(update={"ready": False})
-    return record.model_copy(update={"ready": probe.ready, "health": probe.state.value})
+    ready = probe.ready or serves_through(record, probe)
+    return record.model_copy(update={"ready": ready, "health": probe.state.value})
 
 
 # ---- several replicas, and the next look -------------------------------------------------------------
@@ -439,6 +489,8 @@ def _look_again(engine: EngineStatus, ctx: EngineContext) -> float | None:
     if engine.budget_exhausted:
         return None
     if engine.draining_since is not None or (engine.submission_id is not None and not engine.ready):
+        return ctx.settings.starting_probe_seconds
+    if answered_late(engine):
         return ctx.settings.starting_probe_seconds
     if engine.outgoing is not None:
         return ctx.settings.starting_probe_seconds  # it gives way as soon as its replacement is ready

@@ -79,9 +79,14 @@ def runtime_env_vars(spec: VLLMClusterSpec, options: EngineJobOptions) -> dict[s
     token and API key travel that way too and so never appear in the job record."""
     env = dict(options.extra_env)
     env.update({var.name: var.value for var in spec.engine.env if var.value is not None})
-    stop_wait = options.stop_grace_seconds + shutdown_timeout_seconds(spec.engine.extra_args)
-    env[STOP_WAIT_ENV] = str(stop_wait)
+    env[STOP_WAIT_ENV] = str(ray_stop_wait_seconds(spec, options))
     return env
+
+
+def ray_stop_wait_seconds(spec: VLLMClusterSpec, options: EngineJobOptions) -> int:
+    """How long Ray lets a stopped engine's entrypoint end after SIGTERM before it SIGKILLs it (the job's
+    RAY_JOB_STOP_WAIT_TIME_S): vLLM's own --shutdown-timeout plus the executor's teardown."""
+    return options.stop_grace_seconds + shutdown_timeout_seconds(spec.engine.extra_args)
 
 
 def build_engine_job(
