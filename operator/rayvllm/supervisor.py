@@ -177,7 +177,7 @@ class Supervisor:
             return await self._limited(lambda: self._prober.probe(url, served, self._ctx.api_key))
 
         probes = await asyncio.gather(*(ask(record) for record in previous))
-        return [judge_without_ray(r, probe) for r, probe in zip(previous, probes, strict=True)]
+        return [judge_without_ray(r, probe, self._ctx.now) for r, probe in zip(previous, probes, strict=True)]
 
     async def stop_all(self, previous: Sequence[EngineStatus]) -> int:
         """Stop every job of this VLLMCluster, those in status and any other carrying its metadata (one

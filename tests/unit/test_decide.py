@@ -861,8 +861,13 @@ def test_which_engines_are_asked_themselves_without_ray(record: EngineStatus, ur
 
 
 def test_without_ray_an_engine_that_answers_keeps_serving() -> None:
-    kept = judge_without_ray(serving(), READY)
+    kept = judge_without_ray(serving(), READY, NOW)
     assert kept.ready and kept.health == "Ready" and kept.unhealthy_since is None
+
+
+def test_without_ray_an_engine_that_answers_again_ends_its_grace() -> None:
+    kept = judge_without_ray(serving(ready=False, health="Unhealthy", unhealthy_since=NOW), READY, NOW)
+    assert kept.ready and kept.unhealthy_since is None
 
 
 @pytest.mark.parametrize(
@@ -877,23 +882,41 @@ def test_without_ray_an_engine_that_does_not_answer_leaves_the_service_but_is_no
     state: EngineState, before: str
 ) -> None:
     record = serving(health=before)
-    kept = judge_without_ray(record, probe(state))
+    kept = judge_without_ray(record, probe(state), NOW)
     assert not kept.ready and kept.health == state.value
-    # Nothing else moves: no failure, no restart count, no grace clock (they resume with Ray).
-    same = ("submission_id", "attempt", "restarts", "unhealthy_since", "last_failure", "restart_after")
+    # Its grace starts; nothing else moves: no failure, no restart count (restarts resume with Ray).
+    assert kept.unhealthy_since == NOW
+    same = ("submission_id", "attempt", "restarts", "last_failure", "restart_after")
     assert {f: getattr(kept, f) for f in same} == {f: getattr(record, f) for f in same}
+    # A later pass without Ray keeps the grace's start.
+    later = judge_without_ray(kept, probe(state), NOW + timedelta(seconds=60))
+    assert later.unhealthy_since == NOW
+
+
+def test_once_ray_answers_an_engine_silent_since_the_outage_is_judged_as_once_ready() -> None:
+    """The head restarted (or the dashboard went away) while the engine stopped answering: with Ray back,
+    it is ready again as soon as it answers, and restarted once the grace is over, not left to wait out
+    startupTimeoutSeconds as an engine still loading."""
+    silent = judge_without_ray(serving(), probe(EngineState.UNHEALTHY), NOW)
+    grace = CTX.settings.unhealthy_grace_seconds
+    back = make_ctx(now=NOW + timedelta(seconds=grace + 1))
+    answered = decide(silent, job(), READY, back, may_submit=True, slot_free=True)
+    assert isinstance(answered, MarkReady) and answered.record.ready
+    still_silent = decide(silent, job(), probe(EngineState.UNHEALTHY), back, may_submit=True, slot_free=True)
+    assert isinstance(still_silent, Restart), still_silent
+    assert "unhealthy for over" in still_silent.reason, still_silent
 
 
 def test_without_ray_one_late_answer_serves_on_and_is_looked_at_again_soon() -> None:
     record = serving()
-    kept = judge_without_ray(record, probe(EngineState.UNRESPONSIVE))
+    kept = judge_without_ray(record, probe(EngineState.UNRESPONSIVE), NOW)
     assert kept.ready and kept.health == "Unresponsive" and kept.unhealthy_since is None
     assert answered_late(kept) and requeue_after([kept], CTX) == 1.5
-    assert not judge_without_ray(kept, probe(EngineState.UNRESPONSIVE)).ready
+    assert not judge_without_ray(kept, probe(EngineState.UNRESPONSIVE), NOW).ready
 
 
 def test_without_ray_an_engine_not_asked_is_not_ready() -> None:
-    assert not judge_without_ray(serving(), None).ready
+    assert not judge_without_ray(serving(), None, NOW).ready
 
 
 # ---- progress: when a loading engine's log is read ------------------------------------------------------

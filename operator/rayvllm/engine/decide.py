@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from rayvllm.engine.actions import (
     Action,
@@ -425,16 +425,23 @@ def engine_base_url(record: EngineStatus, ctx: EngineContext) -> str | None:
     return record.url.removesuffix("/v1")
 
 
-def judge_without_ray(record: EngineStatus, probe: EngineProbe | None) -> EngineStatus:
+def judge_without_ray(record: EngineStatus, probe: EngineProbe | None, now: datetime) -> EngineStatus:
     """The Ray dashboard did not answer, so Ray's view of the jobs is unknown: nothing is submitted,
     restarted or stopped on its account. An engine that has served keeps serving while its own probe says
     it does (a dashboard fault alone never takes it out of the Service; one late answer neither,
-    serves_through); the rest count as not ready until Ray answers again. Grace and restarts resume with
-    Ray."""
+    serves_through); the rest count as not ready until Ray answers again. One that stops answering starts
+    its unhealthy grace now: once Ray answers, it is judged as the once-ready engine it is (ready again when
+    it answers, restarted when the grace is over), never as one still loading, which would wait out
+    startupTimeoutSeconds. Restarts resume with Ray."""
     if probe is None:
         return record.model_copy(update={"ready": False})
     ready = probe.ready or serves_through(record, probe)
-    return record.model_copy(update={"ready": ready, "health": probe.state.value})
+    update: dict[str, object] = {"ready": ready, "health": probe.state.value}
+    if probe.ready:
+        update["unhealthy_since"] = None
+    elif not ready and (record.ready or record.unhealthy_since is not None):
+        update["unhealthy_since"] = record.unhealthy_since or now
+    return record.model_copy(update=update)
 
 
 # ---- several replicas, and the next look -------------------------------------------------------------
