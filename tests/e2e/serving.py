@@ -28,8 +28,11 @@ READY_TIMEOUT = 600.0  # a model load on a worker pod sharing two cores: ~1-2 mi
 
 
 def manifest(name: str, world: RealNodeWorld, **spec_changes: Any) -> dict[str, Any]:
+    """The tiny CPU sample as VLLMCluster `name` on the real node. It serves its own name as its model name,
+    so its vLLM processes are told from any other test's by their command line."""
     body: dict[str, Any] = on_real_node(yaml.safe_load(SAMPLE.read_text()), world.images.ray)
     body["metadata"]["name"] = name
+    body["spec"]["model"]["servedModelName"] = name
     body["spec"].update(spec_changes)
     return body
 
@@ -97,25 +100,45 @@ def wait_ready(kube: Kube, namespace: str, name: str, replicas: int = 1) -> dict
     )
 
 
-def first_health_200(kube: Kube, namespace: str, name: str, start: float) -> dict[str, float]:
-    """Watch, from beside the operator, when the engine itself first answers /health 200: the delay from
-    there to status Ready is the operator's own. Runs in a thread; fills in `firstHealth200`."""
-    found: dict[str, float] = {}
+def ready_in_stages(
+    kube: Kube, namespace: str, name: str, start: float
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Waits, looking once a second, until VLLMCluster `name` is Ready with one engine, and times its stages
+    from `start`: its pods Running, RayClusterReady, engine 0's job RUNNING, the engine's own first /health 200
+    as seen from this machine (from there to Ready is the operator's own delay), and Ready. A stage passed
+    between two looks gets the time of the look that saw it."""
+    marks: dict[str, float] = {}
 
-    def poll() -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline and not found:
-            for pod in worker_pods(kube, namespace, name).values():
-                ip = (pod.get("status") or {}).get("podIP")
-                try:
-                    if ip and httpx.get(f"http://{ip}:8000/health", timeout=1).status_code == 200:
-                        found["firstHealth200"] = time.monotonic() - start
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.2)
+    def mark(stage: str, reached: bool) -> None:
+        if reached and stage not in marks:
+            marks[stage] = time.monotonic() - start
 
-    threading.Thread(target=poll, daemon=True).start()
-    return found
+    def look() -> dict[str, Any] | None:
+        pods = pods_of(kube, namespace, name)
+        mark(
+            "podsRunning",
+            len(pods) >= 2 and all((p.get("status") or {}).get("phase") == "Running" for p in pods),
+        )
+        obj = vllm(kube, namespace, name)
+        mark("rayReady", conditions(obj).get("RayClusterReady", {}).get("status") == "True")
+        mark("jobRunning", engines(obj).get(0, {}).get("jobStatus") == "RUNNING")
+        if "jobRunning" in marks and "firstHealth200" not in marks:
+            ips = [(p.get("status") or {}).get("podIP") for p in worker_pods(kube, namespace, name).values()]
+            mark("firstHealth200", any(ip and answers_health(ip) for ip in ips))
+        ready = conditions(obj).get("Ready", {}).get("status") == "True"
+        mark("engineReady", ready and (obj.get("status") or {}).get("readyReplicas") == 1)
+        return obj if "engineReady" in marks else None
+
+    obj = wait_for(look, timeout=READY_TIMEOUT, interval=1, max_interval=1, what=f"{namespace}/{name} Ready")
+    return obj, marks
+
+
+def answers_health(ip: str, port: int = 8000) -> bool:
+    """The engine at `ip` answers GET /health with 200 (within 2 s)."""
+    try:
+        return httpx.get(f"http://{ip}:{port}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def endpoint(kube: Kube, namespace: str, name: str) -> str:
@@ -199,7 +222,11 @@ class Load:
             thread.join(timeout=120)
 
     def _run(self) -> None:
-        api = client(self.base_url, new_connection_per_request=True, api_key=self.api_key)
+        try:
+            api = client(self.base_url, new_connection_per_request=True, api_key=self.api_key)
+        except Exception as failure:  # counted like a failed request: a load that never ran is no evidence
+            self.failures.append(f"the load's client: {type(failure).__name__}: {failure}")
+            return
         while not self._stop.is_set() and self.sent < self.limit:
             started = time.monotonic()
             self.sent += 1
@@ -214,18 +241,11 @@ class Load:
 def engine_server_pids(served: str) -> list[int]:
     """vLLM API server processes of this model anywhere on this machine (the pods' processes included)."""
     found = subprocess.run(
-        ["pgrep", "-f", f"vllm.entrypoints.openai.api_server.*--served-model-name {served}"],
+        ["pgrep", "-f", f"vllm.entrypoints.openai.api_server.*--served-model-name {served}( |$)"],
         capture_output=True,
         text=True,
         check=False,
     )
-    return [int(pid) for pid in found.stdout.split()]
-
-
-def engine_core_pids() -> list[int]:
-    """vLLM engine core processes anywhere on this machine: they name themselves, not their model, so these
-    are every engine's. One outliving its API server is an orphan."""
-    found = subprocess.run(["pgrep", "-f", "^VLLM::EngineCore"], capture_output=True, text=True, check=False)
     return [int(pid) for pid in found.stdout.split()]
 
 

@@ -155,7 +155,7 @@ def test_a_load_ramp_scales_one_to_two_and_back(
     real_node: RealNodeWorld,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    name, served = "tiny-autoscaled", "tiny-llama"
+    name = served = "tiny-autoscaled"
     kube.apply(manifest(name, real_node, replicas=1, autoscaling=AUTOSCALING), namespace)
     wait_ready(kube, namespace, name, replicas=1)
     base_url = endpoint(kube, namespace, name)

@@ -22,10 +22,8 @@ The URL template applies to every VLLMCluster, so this module runs one at a time
 of its own (the same namespace as `in_cluster_operator`'s, which pytest has uninstalled when the module
 before ended).
 
-`make chaos` (marked `heavy`) holds each fault FAULT_SECONDS on a VLLMCluster of its own. `make test`'s
-reduced run (marked `reduced`) holds each for half as long, then goes on with every pod fault of
-tests/e2e/pod_faults.py in turn on the same VLLMCluster (one engine, GCS fault tolerance with Redis in the
-cluster): one model load for all of them.
+`make chaos` holds each fault FAULT_SECONDS on a VLLMCluster of its own. (`make test` freezes the dashboard
+itself instead, phase P3 of its shared serving object: tests/e2e/test_shared_engine.py.)
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ import pytest
 from hack.localcluster.helm_release import OperatorRelease
 from hack.localcluster.network import NODE_IP
 from tests.e2e.chaos import (
-    FULL,
     ChaosRow,
     RouteWatch,
     Watch,
@@ -49,16 +46,8 @@ from tests.e2e.chaos import (
     record,
     restart_count,
 )
-from tests.e2e.conftest import E2E_SETTINGS, InClusterRedis, installed_operator
-from tests.e2e.leaks import SecretScan
+from tests.e2e.conftest import E2E_SETTINGS, installed_operator
 from tests.e2e.pod_faults import (
-    OOM_WORKER,
-    fault_in_place,
-    freeze_dashboard,
-    hang_engine,
-    lose_head_with_gcs_fault_tolerance,
-    lose_worker_pod,
-    serve,
     unreachable_reported,
 )
 from tests.e2e.realnode import DASHBOARD_PORT, RealNodeWorld, dashboard_host, pods_of
@@ -86,8 +75,8 @@ PROXY = "ray-dashboard"
 # The chart's default, set explicitly: the latencies below are chosen around it.
 HTTP_TIMEOUT_SECONDS = 5
 # Long enough for a pass whose calls time out (3 attempts of HTTP_TIMEOUT_SECONDS with backoff, after a
-# resync) to be reported: a few times over in the full run, at least once in the reduced one.
-FAULT_SECONDS = 30.0 if FULL else 15.0
+# resync) to be reported a few times over.
+FAULT_SECONDS = 30.0
 # From a heal to the condition cleared: a pass still waiting out its calls (3 attempts of HTTP_TIMEOUT_SECONDS
 # with backoff) reports the fault once more, the next one (a resync later) clears it. Generous.
 HEAL_TIMEOUT = 90.0
@@ -334,7 +323,6 @@ def dashboard_faults(
     assert unexpected == 0, f"{unexpected} x {UNEXPECTED_EXCEPTION!r} in the operator's log"
 
 
-@pytest.mark.heavy
 @pytest.mark.timeout(1800)
 def test_dashboard_faults_leave_a_healthy_engine_serving(
     kube: Kube,
@@ -346,7 +334,6 @@ def test_dashboard_faults_leave_a_healthy_engine_serving(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     body = manifest(NAME, real_node)
-    body["spec"]["model"]["servedModelName"] = NAME
     kube.apply(body, namespace)
     point_at_head(kube, namespace, NAME, dashboard_proxy)
     wait_ready(kube, namespace, NAME)
@@ -358,57 +345,3 @@ def test_dashboard_faults_leave_a_healthy_engine_serving(
     # Deleted while the operator and the (healed) proxy still run: its finalizer stops the job through it.
     kube.kubectl("delete", "vllm", NAME, "-n", namespace, "--timeout=180s")
     wait_for(lambda: not pods_of(kube, namespace, NAME), timeout=420, interval=1, what="the Ray pods to go")
-
-
-@pytest.mark.reduced
-@pytest.mark.timeout(2700)
-def test_every_dashboard_and_pod_fault_in_turn_on_one_vllmcluster(
-    kube: Kube,
-    namespace: str,
-    volumes: None,
-    dashboard_proxy: DashboardProxy,
-    proxied_operator: OperatorRelease,
-    real_node: RealNodeWorld,
-    in_cluster_redis: InClusterRedis,
-    secret_scan: SecretScan,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """make test's reduced run: each fault once, in turn, on one engine that heals between them, all with one
-    model load. The worker group can run out of memory (OOM_WORKER); the restart policy allows every restart
-    with a short backoff."""
-    secret_scan.secret(HF_TOKEN, "pod faults' HF token")
-    secret_scan.secret(API_KEY, "pod faults' API key")
-    served, _ = serve(
-        kube,
-        namespace,
-        real_node,
-        "pod-faults",
-        worker=OOM_WORKER,
-        credentials=(HF_TOKEN, API_KEY),
-        restart_policy={"maxRestarts": 20, "backoffSeconds": 2, "maxBackoffSeconds": 5},
-        once_applied=lambda: point_at_head(kube, namespace, "pod-faults", dashboard_proxy),
-        gcsFaultTolerance=in_cluster_redis.gcs_fault_tolerance(),
-    )
-    # No restart: the dashboard's network faulted, the dashboard frozen, the head pod deleted (the job
-    # survives in Redis).
-    dashboard_faults(kube, namespace, served.name, dashboard_proxy, proxied_operator, capsys, API_KEY)
-    freeze_dashboard(kube, namespace, served, capsys)
-    lose_head_with_gcs_fault_tolerance(
-        kube, namespace, served, in_cluster_redis.address, real_node, secret_scan, capsys
-    )
-    # The proxy dials the head Service's ClusterIP as it was when pointed; once the head was replaced, only
-    # re-pointing it keeps the operator in touch with Ray (it reported RayDashboardUnreachable, and could not
-    # restart the next fault's engine, when left pointing at the old address).
-    point_at_head(kube, namespace, served.name, dashboard_proxy)
-    wait_for(
-        lambda: not unreachable_reported(vllm(kube, namespace, served.name)),
-        timeout=HEAL_TIMEOUT,
-        interval=1,
-        what="RayDashboardUnreachable cleared once the proxy follows the new head",
-    )
-    # One restart each, in the same pod, then in a new one.
-    hang_engine(kube, namespace, served, capsys)
-    for kind in ("engine", "container", "oom"):
-        fault_in_place(kube, namespace, served, kind, capsys)
-    lose_worker_pod(kube, namespace, served, forces=(True,), capsys=capsys)
-    secret_scan.keep_cluster("pod faults in turn", kube, namespace, served.name)

@@ -1,9 +1,9 @@
-"""Chaos: the in-cluster operator SIGKILLed at random 2-8 s intervals while VLLMClusters are created,
-served under load, (in the full run) scaled 1 -> 2 -> 1 and given new engine settings, then deleted.
+"""Chaos, `make chaos`: the in-cluster operator SIGKILLed at random 2-8 s intervals while VLLMClusters are
+created, served under load, scaled 1 -> 2 -> 1 and given new engine settings, then deleted, until 100 operator
+processes were killed.
 
-One real VLLMCluster on real pods carries an HF token and an API key from a Secret; beside it, objects that
-never get a pod (their pods select no node: the control plane alone, nothing dials a fake pod address)
-ride the same storm. Invariants:
+One real VLLMCluster on real pods carries an HF token and an API key from a Secret; beside it, 50 objects that
+never get a pod (tests/e2e/storm.py) ride the same storm. Invariants:
 - per engine replica and generation Ray never has two live jobs, and every submission is the one its
   record accounts for (attempt 0: no engine was restarted because the operator was);
 - the endpoint Service never loses its endpoints and no request fails while the engine is healthy;
@@ -13,11 +13,8 @@ ride the same storm. Invariants:
 - no secret value appears in any operator instance's log, the status, the Events, the Ray job records or
   the RayCluster (the run's secret scan, tests/e2e/leaks.py).
 
-`RAYVLLM_CHAOS=full` (make chaos): 50 pod-less objects, and rounds of scale 1 -> 2 -> 1 and an engine-settings
-change repeated until 100 operator processes were SIGKILLed. The reduced run (make test): create, serve and
-delete under at least 10 kills with 8 pod-less objects; between storm and delete, with the operator left
-alone, it also deletes the Ray head pod of the serving VLLMCluster (no GCS fault tolerance), the scenario
-`make chaos` runs on a VLLMCluster of its own (tests/e2e/test_chaos_pods.py).
+`make test` has a smaller storm beside its shared serving object (phase P4 of tests/e2e/test_shared_engine.py:
+10 kills, 8 pod-less objects, no new load) and deletes that object under 5 more (P8).
 """
 
 from __future__ import annotations
@@ -25,29 +22,17 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from typing import Any
 
 import pytest
 
 from hack.localcluster.helm_release import OperatorRelease
-from rayvllm.models.spec import RestartPolicySpec
-from tests.e2e.chaos import (
-    FULL,
-    TABLE,
-    ChaosRow,
-    OperatorStorm,
-    Watch,
-    status_shape,
-    submission_parts,
-)
+from tests.e2e.chaos import ChaosRow, OperatorStorm, Watch, record, submission_parts
 from tests.e2e.leaks import SecretScan
-from tests.e2e.pod_faults import Served, lose_head_without_gcs_fault_tolerance
-from tests.e2e.realnode import RealNodeWorld, pods_of
+from tests.e2e.realnode import RealNodeWorld
 from tests.e2e.serving import (
     READY_TIMEOUT,
     Load,
     endpoint,
-    engine_server_pids,
     engines,
     manifest,
     vllm,
@@ -55,6 +40,7 @@ from tests.e2e.serving import (
     with_credentials,
     worker_pods,
 )
+from tests.e2e.storm import delete_under_storm, podless, wait_settled, yardstick
 from tests.support.kube import Kube
 from tests.support.wait import wait_for
 
@@ -62,42 +48,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
 HF_TOKEN = "hf_chaosStormTokenNeverLogged0123456789"
 API_KEY = "sk-chaos-storm-key-never-logged-0123456789"
-SERVED = "storm"  # the served model name: the VLLMCluster's own, as tests/e2e/pod_faults.py expects
-NOWHERE = {"rayvllm.io/chaos": "no-such-node"}
-PODLESS = 50 if FULL else 8
-KILLS = 100 if FULL else 40  # operator processes SIGKILLed: the full run's target, the reduced run's bound
-MIN_KILLS = 100 if FULL else 10
-SERVE_SECONDS = 60.0 if FULL else 20.0
-MAX_ROUNDS = 5  # full run: rounds of scale and settings change at most (about 35 kills each)
-
-
-def podless(name: str, real_node: RealNodeWorld) -> dict[str, Any]:
-    body = manifest(name, real_node)
-    for group in ("head", "worker"):
-        body["spec"]["ray"][group]["nodeSelector"] = dict(NOWHERE)
-    return body
-
-
-def operator_ready(release: OperatorRelease) -> bool:
-    pod = release.pod()
-    conditions = ((pod or {}).get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
-def settled_like(kube: Kube, namespace: str, names: list[str], shape: dict[str, Any]) -> list[str]:
-    """The objects among `names` whose status does not yet have `shape`."""
-    listed = kube.get_json("vllmclusters", "-n", namespace)["items"]
-    by_name = {o["metadata"]["name"]: o for o in listed}
-    return [n for n in names if n not in by_name or status_shape(by_name[n]) != shape]
-
-
-def serve_window(storm: OperatorStorm) -> None:
-    """Serve for SERVE_SECONDS, and on until the storm has killed MIN_KILLS operator processes (the reduced
-    run's floor)."""
-    serve_until = time.monotonic() + SERVE_SECONDS
-    while time.monotonic() < serve_until or (not FULL and storm.processes_killed < MIN_KILLS):
-        assert time.monotonic() < serve_until + 120, f"only {storm.processes_killed} kills in the window"
-        time.sleep(1)
+SERVED = "storm"  # the object's name, and so its served model name
+PODLESS = 50
+KILLS = 100  # operator processes SIGKILLed
+SERVE_SECONDS = 60.0
+MAX_ROUNDS = 5  # rounds of scale and settings change at most (about 35 kills each)
 
 
 def scale_up_and_back(kube: Kube, namespace: str, name: str) -> None:
@@ -125,7 +80,7 @@ def change_settings(kube: Kube, namespace: str, name: str, max_model_len: int) -
     wait_for(recreated, timeout=READY_TIMEOUT, what=f"the engine recreated with maxModelLen {max_model_len}")
 
 
-@pytest.mark.timeout(5400 if FULL else 1500)
+@pytest.mark.timeout(5400)
 def test_operator_restart_storm(
     kube: Kube,
     namespace: str,
@@ -137,70 +92,46 @@ def test_operator_restart_storm(
 ) -> None:
     name = SERVED
     body = manifest(name, real_node)
-    body["spec"]["model"]["servedModelName"] = SERVED
     with_credentials(kube, namespace, body, HF_TOKEN, API_KEY)
     secret_scan.secret(HF_TOKEN, "storm's HF token")
     secret_scan.secret(API_KEY, "storm's API key")
-
-    # The yardstick: a pod-less object settled by an operator left alone.
-    kube.apply(podless("yardstick", real_node), namespace)
-    shape = wait_for(
-        lambda: (s := status_shape(vllm(kube, namespace, "yardstick")))["phase"] and s,
-        timeout=60,
-        what="the yardstick object's status",
-    )
-    time.sleep(6)  # three resyncs: the shape it keeps, not a first impression
-    shape = status_shape(vllm(kube, namespace, "yardstick"))
+    shape = yardstick(kube, namespace, real_node)
     crowd = [f"crowd-{i}" for i in range(PODLESS)]
     row = ChaosRow("operator restart storm")
-    load_sent = load_failed = 0
+    load_sent = load_failed = rounds = 0
     failures: list[str] = []
-    storm_logs: list[str] = []
 
     with Watch(kube, namespace, name) as watch:
-        # 1. Create and serve under the storm; the full run then repeats rounds of scale 1 -> 2 -> 1 (under
-        # load) and an engine-settings change until the storm has SIGKILLed KILLS operator processes.
+        # 1. Create and serve under the storm, then rounds of scale 1 -> 2 -> 1 (under load) and an
+        # engine-settings change until the storm has SIGKILLed KILLS operator processes.
         with OperatorStorm(in_cluster_operator, limit=KILLS, seed=1) as storm:
             items = [body, *(podless(n, real_node) for n in crowd)]
             kube.apply({"apiVersion": "v1", "kind": "List", "items": items}, namespace)
-            wait_ready(kube, namespace, name)
             base_url = endpoint(kube, namespace, name)
-            rounds = 0
             while True:
                 wait_ready(kube, namespace, name)
                 watch.serving.set()
                 with Load(base_url, SERVED, rate=2.0, limit=2000, api_key=API_KEY) as load:
                     if rounds == 0:
-                        serve_window(storm)
-                    if FULL:
-                        scale_up_and_back(kube, namespace, name)
+                        time.sleep(SERVE_SECONDS)
+                    scale_up_and_back(kube, namespace, name)
                 load_sent += load.sent
                 load_failed += len(load.failures)
                 failures += load.failures[:5]
                 watch.serving.clear()
-                if not FULL:
-                    break
                 rounds += 1
                 # Recreate: the endpoint goes dark by design while the new generation loads, so no load.
                 change_settings(kube, namespace, name, max_model_len=128 if rounds % 2 else 256)
                 if storm.processes_killed >= KILLS:
                     break
                 assert rounds < MAX_ROUNDS, f"only {storm.processes_killed} kills in {rounds} rounds"
-        storm_logs += storm.logs
         row.faults += storm.kills
         processes_killed = storm.processes_killed
-        assert not storm.errors, storm.errors
 
         # 2. The storm is over: everything settles where it would have without it.
         ended = time.monotonic()
-        wait_for(lambda: operator_ready(in_cluster_operator), timeout=180, what="an operator pod Ready")
+        wait_settled(kube, namespace, in_cluster_operator, crowd, shape)
         wait_ready(kube, namespace, name)
-        wait_for(
-            lambda: not settled_like(kube, namespace, crowd, shape),
-            timeout=180,
-            interval=1,
-            what=f"every pod-less object settled as {shape}",
-        )
         row.heal_seconds = time.monotonic() - ended
 
     obj = vllm(kube, namespace, name)
@@ -208,49 +139,29 @@ def test_operator_restart_storm(
     row.duplicate_submissions = watch.most_duplicates
     per_engine = Counter(parts[:2] for sid in watch.submissions if (parts := submission_parts(sid)))
     restarted = [sid for sid in watch.submissions if (parts := submission_parts(sid)) and parts[2] > 0]
-    secret_scan.keep("storm: logs of the killed operators", "".join(storm_logs))
+    secret_scan.keep("storm: logs of the killed operators", "".join(storm.logs))
     secret_scan.keep_cluster("storm", kube, namespace, name)
-    if not FULL:
-        # The reduced run's head pod deleted without GCS fault tolerance (make chaos runs it on a VLLMCluster
-        # of its own, tests/e2e/test_chaos_pods.py), on this one now that the storm is over.
-        policy = RestartPolicySpec.model_validate(body["spec"]["restartPolicy"])
-        lose_head_without_gcs_fault_tolerance(kube, namespace, Served(name, 1, policy, API_KEY), capsys)
 
     # 3. Delete everything under a second, shorter storm: nothing is left.
-    with OperatorStorm(in_cluster_operator, limit=20 if FULL else 5, seed=2) as delete_storm:
-        kube.kubectl("delete", "vllm", "--all", "-n", namespace, "--wait=false")
-        deleted = time.monotonic()
-
-        def leftovers() -> dict[str, int]:
-            kinds = ("vllmclusters", "rayclusters", "services", "pods")
-            counts = {k: len(kube.get_json(k, "-n", namespace)["items"]) for k in kinds}
-            counts["vllm processes"] = len(engine_server_pids(SERVED))
-            return {k: v for k, v in counts.items() if v}
-
-        try:
-            wait_for(lambda: not leftovers(), timeout=420, interval=2, what="nothing left after delete")
-        finally:
-            delete_storm.stop()
-            row.orphans = sum(leftovers().values())
-    row.faults += delete_storm.kills
-    secret_scan.keep("storm: logs of the killed operators", "".join(delete_storm.logs))
+    deleted = delete_under_storm(kube, namespace, in_cluster_operator, [SERVED], kills=20, seed=2)
+    row.faults += deleted.kills
+    row.orphans = sum(deleted.left.values())
+    secret_scan.keep("storm: logs of the killed operators", deleted.logs)
     row.notes = (
-        f"{processes_killed} operator processes SIGKILLed; {len(crowd) + 1} pod-less objects; "
-        + (f"{rounds} rounds of scale 1 -> 2 -> 1 and a settings change; " if FULL else "")
-        + "heal = storm end to all settled; "
-        f"delete under {delete_storm.kills} more kills took {time.monotonic() - deleted:.0f}s; "
+        f"{processes_killed} operator processes SIGKILLed ({len(storm.errors)} failed kills); "
+        f"{len(crowd) + 1} pod-less objects; {rounds} rounds of scale 1 -> 2 -> 1 and a settings change; "
+        f"heal = storm end to all settled; delete under {deleted.kills} more kills took {deleted.seconds:.0f}s; "
         f"Service dark in {watch.dark_samples}/{watch.samples} samples"
     )
-    TABLE.append(row)
-    with capsys.disabled():
-        print(f"\n[chaos] {row}")
+    record(row, capsys)
 
-    assert processes_killed >= MIN_KILLS
-    assert row.requests_failed == 0, failures
+    assert processes_killed >= KILLS, storm.errors[:3]
+    assert load_sent >= SERVE_SECONDS and row.requests_failed == 0, (load_sent, failures)
+    watch.assert_observed_throughout(SERVE_SECONDS)
+    assert watch.samples > 0, watch
     assert watch.dark_samples == 0, f"the Service lost its endpoints in {watch.dark_samples} samples"
     assert row.duplicate_submissions == 0
     assert per_engine and all(n == 1 for n in per_engine.values()), sorted(watch.submissions)
     assert not restarted, f"engines restarted during the storm: {restarted}"
     assert all(e.get("restarts", 0) == 0 for e in engines(obj).values()), engines(obj)
     assert row.orphans == 0
-    assert not pods_of(kube, namespace, name)

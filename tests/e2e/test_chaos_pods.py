@@ -1,4 +1,4 @@
-"""Chaos, `make chaos` (marked `heavy`): the pods under a serving VLLMCluster fail, on real pods, under a
+"""Chaos, `make chaos`: the pods under a serving VLLMCluster fail, on real pods, under a
 steady load through the endpoint Service, each scenario on a VLLMCluster of its own. The scenarios
 themselves (fault, heal, invariants, the chaos table's row) are in tests/e2e/pod_faults.py:
 
@@ -9,9 +9,8 @@ themselves (fault, heal, invariants, the chaos table's row) are in tests/e2e/pod
 - faults that leave the worker pod in place (same pod, same IP, Ready): the worker container killed so the
   kubelet restarts it, vLLM's API server killed inside the pod, and the container run out of memory.
 
-`make test`'s reduced run has every one of them once, in turn, on one VLLMCluster together with the Ray
-dashboard faults (tests/e2e/test_chaos_dashboard.py), the head pod deleted without GCS fault tolerance in the
-storm's reduced run (tests/e2e/test_chaos_operator_storm.py).
+None of them is in `make test`, whose shared serving object (tests/e2e/test_shared_engine.py) has the faults
+that need no further model load beyond its three.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from tests.support.kube import Kube
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
 
-@pytest.mark.heavy
 @pytest.mark.timeout(3000)
 def test_worker_pod_deleted_while_serving(
     kube: Kube,
@@ -50,7 +48,6 @@ def test_worker_pod_deleted_while_serving(
     lose_worker_pod(kube, namespace, served, forces=(False, True), capsys=capsys)
 
 
-@pytest.mark.heavy
 @pytest.mark.timeout(1500)
 def test_head_pod_deleted_without_gcs_fault_tolerance(
     kube: Kube,
@@ -64,7 +61,6 @@ def test_head_pod_deleted_without_gcs_fault_tolerance(
     lose_head_without_gcs_fault_tolerance(kube, namespace, served, capsys)
 
 
-@pytest.mark.heavy
 @pytest.mark.timeout(1500)
 def test_head_pod_deleted_with_gcs_fault_tolerance(
     kube: Kube,
@@ -83,7 +79,6 @@ def test_head_pod_deleted_with_gcs_fault_tolerance(
     )
 
 
-@pytest.mark.heavy
 @pytest.mark.parametrize("kind", list(IN_PLACE))
 @pytest.mark.timeout(1500)
 def test_fault_in_place_serving_label_follows_the_engine(

@@ -7,8 +7,9 @@ The VLLMCluster carries an HF token and an API key from a Secret (the probes and
 key); at the end no value of either appears in its status, its Events, the operator's log, its Ray job
 records (entrypoint, metadata, runtime_env) or its RayCluster.
 
-`make chaos` runs this on a VLLMCluster of its own; `make test`'s reduced run has both faults in
-tests/e2e/test_chaos_dashboard.py's sequence on one VLLMCluster.
+`make chaos` runs this with the fast-noticing settings of its scenarios (E2E_SETTINGS); `make test` has both
+faults as phases P3 and P7 of its shared serving object, under the chart's defaults
+(tests/e2e/test_shared_engine.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tests.e2e.realnode import RealNodeWorld, pods_of
 from tests.support.kube import Kube
 from tests.support.wait import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.chaos, pytest.mark.heavy]
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
 HF_TOKEN = "hf_e2eFaultsTokenNeverLogged0123456789"
 API_KEY = "sk-e2e-faults-key-never-logged-0123456789"

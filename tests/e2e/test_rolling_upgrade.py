@@ -1,26 +1,24 @@
-"""upgradeStrategy RollingReplicas on real pods (docs/upgrades.md), under a steady load through the endpoint
-Service (the official `openai` client, retries off), for a change of the engine settings that keeps the Ray
-pods (spec.engine.maxModelLen):
-- replicas 1, maxSurge 1 (`make test`): the new engine starts on a surge worker pod while the old one
-  serves, then the old one drains and its pod goes: no request fails, never more than two worker pods, and
-  exactly one Ray job runs at the end.
-- `make day2`: replicas 2 with room for exactly one surge pod (no request fails, never more than three
-  worker pods); replicas 2 with no room and maxUnavailable 1 (in place, one engine serves at every moment,
-  failures counted); a new generation that cannot start (a model that does not exist) stalls the rollout
-  while the old engine keeps serving, with no rollback loop."""
+"""`make day2`: upgradeStrategy RollingReplicas on real pods (docs/upgrades.md), under a steady load through the
+endpoint Service (the official `openai` client, retries off), for a change of the engine settings that keeps
+the Ray pods (spec.engine.maxModelLen): replicas 2 with room for exactly one surge pod (no request fails,
+never more than three worker pods); replicas 2 with no room and maxUnavailable 1 (in place, one engine serves
+at every moment, failures counted); a new generation that cannot start (a model that does not exist) stalls
+the rollout while the old engine keeps serving, with no rollback loop.
+
+`make test` has replicas 1 (a failing new generation, then fixed forward by a surge) as phases P5 and P6 of
+its shared serving object (tests/e2e/test_shared_engine.py)."""
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from hack.localcluster.helm_release import OperatorRelease
 from hack.localcluster.workloads import MODEL_CLAIM
-from tests.e2e.chaos import Background
+from tests.e2e.chaos import RolloutWatch
 from tests.e2e.realnode import RealNodeWorld
 from tests.e2e.serving import (
     READY_TIMEOUT,
@@ -40,36 +38,12 @@ from tests.e2e.serving import (
 from tests.support.kube import Kube
 from tests.support.wait import wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.day2]
 
 ROLLING = {"type": "RollingReplicas", "maxSurge": 1, "maxUnavailable": 0}
 # Three worker pods and the head within the real node's two cores (200m + 3 x 550m, and a fourth does not
 # fit): capacity for exactly one surge pod beside two replicas. KubeRay still gives each worker one Ray CPU.
 SLIM_WORKER = {"requests": {"cpu": "550m", "memory": "2Gi"}}
-
-
-@dataclass
-class RolloutWatch(Background):
-    """Samples, every second until stopped, the worker pods (terminating ones included: they still hold
-    their share of the node; the most seen at once) and the endpoint Service's ready endpoints (the fewest)."""
-
-    kube: Kube
-    namespace: str
-    name: str
-    most_pods: int = 0
-    fewest_serving: int | None = None
-    samples: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):  # each look is two kubectl calls: the cores load models meanwhile
-            self.most_pods = max(self.most_pods, len(worker_pods(self.kube, self.namespace, self.name)))
-            serving = len(serving_ips(self.kube, self.namespace, self.name))
-            self.fewest_serving = (
-                serving if self.fewest_serving is None else min(self.fewest_serving, serving)
-            )
-            self.samples += 1
 
 
 @dataclass(frozen=True)
@@ -89,7 +63,7 @@ def roll(
     spec.engine.maxModelLen (an engine setting that keeps the Ray pods) and waits until every replica's
     engine of the new generation serves alone and, when the new engines `surge` onto pods of their own, every
     old worker pod is gone (in place, the new engines run on the old pods)."""
-    served = body["spec"]["model"].get("servedModelName", name)
+    served = body["spec"]["model"]["servedModelName"]
     kube.apply(body, namespace)
     obj = wait_ready(kube, namespace, name, replicas)
     assert obj["status"]["updatedReplicas"] == replicas, obj["status"]
@@ -153,10 +127,10 @@ def assert_settled(kube: Kube, namespace: str, name: str, rolled: Rolled, replic
     )
 
 
-# replicas 1 (`make test`): two model loads, the first engine and then its replacement beside it, on two
-# shared cores. replicas 2 (`make day2`): three engines at once at the surge's peak.
+# Three engines at once at the surge's peak, on two shared cores. (replicas 1 is `make test`'s phase P6 on the
+# shared serving object, tests/e2e/test_shared_engine.py.)
 @pytest.mark.timeout(3000)
-@pytest.mark.parametrize("replicas", [1, pytest.param(2, marks=pytest.mark.day2)])
+@pytest.mark.parametrize("replicas", [2])
 def test_rolling_upgrade_surging_into_spare_capacity_fails_no_request(
     kube: Kube,
     namespace: str,
@@ -179,13 +153,13 @@ def test_rolling_upgrade_surging_into_spare_capacity_fails_no_request(
     # The load ran throughout (requests are sequential: a busy CPU slows them below the rate).
     assert rolled.sent >= 20, (rolled.sent, rolled.seconds)
     assert rolled.failures == [], f"{len(rolled.failures)}/{rolled.sent} failed: {rolled.failures[:5]}"
-    assert rolled.watch.samples > 0 and rolled.watch.most_pods <= replicas + 1, rolled.watch
+    rolled.watch.assert_observed_throughout(rolled.seconds)
+    assert rolled.watch.most_pods <= replicas + 1, rolled.watch
     assert rolled.watch.fewest_serving, rolled.watch
     assert "RollingSurge" in rolled.reasons, rolled.reasons
     assert_settled(kube, namespace, name, rolled, replicas=replicas)
 
 
-@pytest.mark.day2
 @pytest.mark.timeout(3000)
 def test_rolling_upgrade_without_spare_capacity_goes_in_place_and_one_engine_always_serves(
     kube: Kube,
@@ -207,7 +181,8 @@ def test_rolling_upgrade_without_spare_capacity_goes_in_place_and_one_engine_alw
     )
 
     assert rolled.sent >= 20, (rolled.sent, rolled.seconds)
-    assert rolled.watch.samples > 0 and rolled.watch.fewest_serving, rolled.watch  # never dark
+    rolled.watch.assert_observed_throughout(rolled.seconds)
+    assert rolled.watch.fewest_serving, rolled.watch  # never dark
     assert "RollingDrainOld" in rolled.reasons, rolled.reasons
     assert_settled(kube, namespace, name, rolled, replicas=2)
     # Like a Deployment's, both budgets are spent at once: one engine surges (its pod never placed), the
@@ -216,7 +191,6 @@ def test_rolling_upgrade_without_spare_capacity_goes_in_place_and_one_engine_alw
     assert any("draining the old engine first" in m for m in replacing), replacing
 
 
-@pytest.mark.day2
 @pytest.mark.timeout(1200)
 def test_failing_new_generation_stalls_the_rollout_and_the_old_engine_serves(
     kube: Kube,
@@ -229,7 +203,7 @@ def test_failing_new_generation_stalls_the_rollout_and_the_old_engine_serves(
     name = "rolling-bad"
     policy = {"maxRestarts": 1, "backoffSeconds": 2, "maxBackoffSeconds": 4}
     body = manifest(name, real_node, upgradeStrategy=ROLLING, restartPolicy=policy)
-    served = body["spec"]["model"].get("servedModelName", name)
+    served = body["spec"]["model"]["servedModelName"]
     kube.apply(body, namespace)
     old = engines(wait_ready(kube, namespace, name))[0]
 
