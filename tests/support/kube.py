@@ -12,7 +12,7 @@ from typing import Any
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
-from hack.localcluster.procs import run
+from hack.localcluster.kubecli import Kubectl
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,8 @@ class Kube:
     def kubectl(
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        result = run(
-            [self.kubectl_path, f"--kubeconfig={self.kubeconfig}", *args],
-            stdin=stdin,
-            timeout=240,
-            check=False,
-        )
+        result = Kubectl(self.kubectl_path, self.kubeconfig).run(*args, stdin=stdin, timeout=240, check=False)
+        # A test's failure, not CommandError's exit: a watcher thread would end silently on SystemExit.
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
