@@ -68,7 +68,7 @@ class ApiConnection:
         except (urllib3.exceptions.HTTPError, client.ApiException, OSError) as error:
             raise transport_failure(error, f"{what} (GET {url})") from error
         assert isinstance(body, bytes)
-        return answer(response.status, body, f"{what} (GET {url})")
+        return checked_body(response.status, body, f"{what} (GET {url})")
 
 
 def connect(kubeconfig: Path, stamp: tuple[int, int, int]) -> Session:
@@ -80,7 +80,7 @@ def connect(kubeconfig: Path, stamp: tuple[int, int, int]) -> Session:
     return Session(stamp, client.ApiClient(configuration), str(namespace))
 
 
-def answer(status: int, body: bytes, what: str) -> bytes | None:
+def checked_body(status: int, body: bytes, what: str) -> bytes | None:
     """`body` of a successful answer; None for NotFound of a named object. A NotFound naming no object
     means the API has no such resource type (a CRD not installed): an error, as kubectl makes it."""
     if 200 <= status < 300:
