@@ -31,7 +31,8 @@ def pod(name: str) -> dict[str, Any]:
 SERVICE = {
     "apiVersion": "v1",
     "kind": "Service",
-    "metadata": {"name": "kube-access"},
+    # Not the VLLMCluster's name: a running operator makes a Service of that name.
+    "metadata": {"name": "plain", "labels": {"app": "kube-access"}},
     "spec": {"selector": {"app": "kube-access"}, "ports": [{"port": 8000}]},
 }
 VLLMCLUSTER = {
@@ -84,9 +85,10 @@ def test_get_json_prints_what_kubectl_prints(kube: Kube, objects: str) -> None:
     assert len(agrees_with_kubectl(kube, "po", "-n", ns, "-l", "which=pod-b")["items"]) == 1
     assert agrees_with_kubectl(kube, "pod", "pod-a", "-n", ns)["status"]["phase"] == "Pending"
 
-    assert agrees_with_kubectl(kube, "service", "kube-access", "-n", ns)["spec"]["ports"][0]["port"] == 8000
-    assert agrees_with_kubectl(kube, "svc/kube-access", "-n", ns)["kind"] == "Service"
-    mixed = agrees_with_kubectl(kube, "services,pods", "-n", ns)
+    assert agrees_with_kubectl(kube, "service", "plain", "-n", ns)["spec"]["ports"][0]["port"] == 8000
+    assert agrees_with_kubectl(kube, "svc/plain", "-n", ns)["kind"] == "Service"
+    # Selected: a running operator adds a Service (and Ray's pods) for the VLLMCluster.
+    mixed = agrees_with_kubectl(kube, "services,pods", "-n", ns, "-l", "app=kube-access")
     assert [o["kind"] for o in mixed["items"]] == ["Service", "Pod", "Pod"]
 
     custom = agrees_with_kubectl(kube, "vllmcluster", "kube-access", "-n", ns)
