@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench import audit
 from bench.watch import Endpoint
 from hack.localcluster.cluster import Cluster, ClusterPlan
 from hack.localcluster.controlplane import AuditLog, FakeNodePlan, Ports, Tools
+from hack.localcluster.kubecli import Helm, Kubectl
 from hack.localcluster.procs import REPO, log, run, wait_for
 
 OPERATOR_NAMESPACE = "rayvllm-bench"
@@ -123,8 +122,8 @@ class Testbed:
         return Endpoint("127.0.0.1", self.ports.apiserver, pki.ca, pki.cert("admin"), pki.key("admin"))
 
     def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 300, check: bool = True) -> str:
-        argv: list[str | Path] = [self.tools.kubectl, f"--kubeconfig={self.cluster.kubeconfig}", *args]
-        return run(argv, stdin=stdin, timeout=timeout, check=check).stdout
+        admin = Kubectl(self.tools.kubectl, self.cluster.kubeconfig)
+        return admin.run(*args, stdin=stdin, timeout=timeout, check=check).stdout
 
     def grant_operator(self, checkout: Checkout) -> Identity:
         """The chart's ServiceAccount and RBAC (cluster-wide mode), rendered from the checkout's own chart,
@@ -139,37 +138,21 @@ class Testbed:
         path.write_text(json.dumps(self._token_kubeconfig(token)))
         path.chmod(0o600)
 
+        as_operator = Kubectl(self.tools.kubectl, path)
+
         def allowed() -> bool:
-            argv: list[str | Path] = [
-                self.tools.kubectl,
-                f"--kubeconfig={path}",
-                "auth",
-                "can-i",
-                "watch",
-                "vllmclusters.rayvllm.io",
-            ]
-            return run([*argv, "--all-namespaces"], check=False).stdout.strip() == "yes"
+            answer = as_operator.run(
+                "auth", "can-i", "watch", "vllmclusters.rayvllm.io", "--all-namespaces", check=False
+            )
+            return answer.stdout.strip() == "yes"
 
         # RBAC reaches the authorizer through an informer: wait until the grant is effective.
         wait_for(allowed, timeout=30, what="the operator's RBAC to take effect")
         return Identity(path, f"system:serviceaccount:{OPERATOR_NAMESPACE}:{account}")
 
     def _helm_template(self, chart: Path) -> list[dict[str, Any]]:
-        home = self.dir / "helm-home"
-        values = home / "values.json"
-        values.parent.mkdir(parents=True, exist_ok=True)
-        values.write_text(json.dumps({"watch": {"mode": "cluster"}}))
-        env = {f"HELM_{kind}_HOME": str(home / kind.lower()) for kind in ("CACHE", "CONFIG", "DATA")}
-        argv: list[str | Path] = [
-            self.tools.helm / "helm",
-            "template",
-            RELEASE,
-            chart,
-            "--namespace",
-            OPERATOR_NAMESPACE,
-        ]
-        out = run([*argv, "--values", values], env=env).stdout
-        return [doc for doc in yaml.safe_load_all(out) if doc]
+        helm = Helm.for_cluster(None, self.dir / "helm-home", self.tools)
+        return helm.template(RELEASE, OPERATOR_NAMESPACE, {"watch": {"mode": "cluster"}}, chart=chart)
 
     def _token_kubeconfig(self, token: str) -> dict[str, Any]:
         cp = self.cluster.control_plane

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hack.localcluster.controlplane import Tools  # noqa: E402
+from hack.localcluster.kubecli import CHART, Helm  # noqa: E402
 
 CRDS = REPO / "crds"
-CHART = REPO / "helm" / "rayvllm-operator"
 CHART_CRDS = CHART / "crds"
 INSTALL = REPO / "manifests" / "install.yaml"
 RELEASE = "rayvllm"
@@ -52,16 +52,9 @@ def crd_files(directory: Path) -> dict[str, bytes]:
 
 
 def helm_template(helm: Path, *extra: str) -> str:
-    result = subprocess.run(
-        [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--include-crds", *extra],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"helm template failed ({result.returncode}):\n{result.stderr}")
-    return result.stdout
+    # Rendering needs no repositories: helm's state goes to a scratch directory, not the user's ~/.
+    with tempfile.TemporaryDirectory(prefix="rayvllm-helm-") as home:
+        return Helm(helm, None, Path(home)).template_text(RELEASE, NAMESPACE, None, "--include-crds", *extra)
 
 
 def render_install(helm: Path) -> str:

@@ -20,49 +20,14 @@ from typing import Any
 
 import yaml
 
+from hack.localcluster.kubecli import Kubectl
 from hack.localcluster.network import FAKE_NODE_IP, FAKE_POD_CIDR, NODE_IP, SERVICE_CIDR
 from hack.localcluster.pki import Pki
-from hack.localcluster.procs import Daemons, cache_dir, log, read_versions, run, wait_for
+from hack.localcluster.procs import Daemons, log, wait_for
+from hack.localcluster.tools import Tools as Tools  # re-exported: its importers predate tools.py
 
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kuberay")
-
-
-@dataclass(frozen=True)
-class Tools:
-    kubernetes: Path
-    kubernetes_node: Path
-    etcd: Path
-    kuberay: Path
-    kwok: Path
-    helm: Path
-    coredns: Path
-    prometheus: Path
-    toxiproxy: Path
-
-    @classmethod
-    def from_cache(cls) -> Tools:
-        cache = cache_dir() / "tools"
-        v = read_versions()
-        tools = cls(
-            kubernetes=cache / f"kubernetes-v{v['K8S_VERSION']}",
-            kubernetes_node=cache / f"kubernetes-node-v{v['K8S_VERSION']}",
-            etcd=cache / f"etcd-v{v['ETCD_VERSION']}",
-            kuberay=cache / f"kuberay-v{v['KUBERAY_VERSION']}",
-            kwok=cache / f"kwok-v{v['KWOK_VERSION']}",
-            helm=cache / f"helm-v{v['HELM_VERSION']}",
-            coredns=cache / f"coredns-v{v['COREDNS_VERSION']}",
-            prometheus=cache / f"prometheus-v{v['PROMETHEUS_VERSION']}",
-            toxiproxy=cache / f"toxiproxy-v{v['TOXIPROXY_VERSION']}",
-        )
-        missing = [str(p) for p in vars(tools).values() if not (p / ".complete").exists()]
-        if missing:
-            raise SystemExit(f"missing tools {missing}: run `make tools` (hack/build-tools.sh) first")
-        return tools
-
-    @property
-    def kubectl(self) -> Path:
-        return self.kubernetes / "kubectl"
 
 
 @dataclass(frozen=True)
@@ -436,7 +401,8 @@ class ControlPlane:
     # ---- helpers ---------------------------------------------------------------------------------
 
     def kubectl(self, *args: str | Path, check: bool = True, stdin: str | None = None) -> str:
-        result = run([self.tools.kubectl, f"--kubeconfig={self.kubeconfig}", *args], check=check, stdin=stdin)
+        """kubectl's output; empty when it failed (`check=False`)."""
+        result = Kubectl(self.tools.kubectl, self.kubeconfig).run(*args, check=check, stdin=stdin)
         return result.stdout if result.returncode == 0 else ""
 
     def apiserver_ready(self) -> bool:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hack.localcluster.controlplane import Tools
-from hack.localcluster.procs import REPO, log, run
+from hack.localcluster.kubecli import CHART, Helm, Kubectl
+from hack.localcluster.procs import log
+from hack.localcluster.tools import Tools
 from hack.localcluster.workloads import REAL_NODE_SELECTOR, REAL_NODE_TOLERATION
 
-CHART = REPO / "helm" / "rayvllm-operator"
 RELEASE = "rayvllm"
 NAMESPACE = "rayvllm-system"
 
@@ -28,18 +28,14 @@ class OperatorRelease:
     release: str = RELEASE
 
     def helm(self, *args: str, timeout: float = 300, check: bool = True) -> str:
-        env = {
-            "KUBECONFIG": str(self.kubeconfig),
-            "HELM_CACHE_HOME": str(self.home / "cache"),
-            "HELM_CONFIG_HOME": str(self.home / "config"),
-            "HELM_DATA_HOME": str(self.home / "data"),
-        }
-        return run([self.tools.helm / "helm", *args], env=env, timeout=timeout, check=check).stdout
+        return (
+            Helm.for_cluster(self.kubeconfig, self.home, self.tools)
+            .run(*args, timeout=timeout, check=check)
+            .stdout
+        )
 
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
-        return run(
-            [self.tools.kubectl, f"--kubeconfig={self.kubeconfig}", *args], check=check, stdin=stdin
-        ).stdout
+        return Kubectl(self.tools.kubectl, self.kubeconfig).run(*args, check=check, stdin=stdin).stdout
 
     def install(self, image: str, settings: Mapping[str, Any]) -> None:
         """Install (or upgrade to) the chart with `image` (`repository:tag`, already in the node's

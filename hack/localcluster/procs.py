@@ -45,6 +45,12 @@ class WaitTimeoutError(AssertionError):
     """Something waited for never happened; the message says what, and what was seen last."""
 
 
+class TransientError(Exception):
+    """Not yet, try again: a probe met a passing fault, not an answer (the API server overloaded, restarting
+    or briefly unreachable: HTTP 5xx or 429, a refused or reset connection, a timeout). wait_for polls on;
+    anywhere else it fails like any error."""
+
+
 def run(
     argv: Sequence[str | Path],
     *,
@@ -190,14 +196,24 @@ def wait_for(
     interval: float = 0.2,
     max_interval: float = 2.0,
 ) -> T:
-    """Call `probe` until it returns a truthy value and return that value; fail after `timeout` s, naming
-    what never happened and the last value seen."""
+    """Call `probe` until it returns a truthy value and return that value; a TransientError it raises counts
+    as "not yet". Fail after `timeout` s, naming what never happened, the last value seen and the last
+    transient error."""
     deadline = time.monotonic() + timeout
+    last: T | None = None
+    transient: TransientError | None = None
     while True:
-        last = probe()
-        if last:
-            return last
+        try:
+            last = probe()
+        except TransientError as error:
+            transient = error
+        else:
+            if last:
+                return last
         if time.monotonic() >= deadline:
-            raise WaitTimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+            message = f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}"
+            if transient is not None:
+                message += f"; last transient error: {transient}"
+            raise WaitTimeoutError(message) from transient
         time.sleep(interval)
         interval = min(interval * 1.5, max_interval)

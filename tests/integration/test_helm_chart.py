@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+from hack.localcluster.kubecli import CHART, Helm
 from tests.support.kube import Kube
-from tests.support.operator_identity import CHART, Helm, can_i, grant_operator_identity
+from tests.support.operator_identity import can_i, grant_operator_identity
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration

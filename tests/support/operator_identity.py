@@ -10,74 +10,24 @@ holds for the chart users install, not for an admin client.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kubernetes import client
 
-from hack.localcluster.controlplane import Tools
+from hack.localcluster.kubecli import Helm
 from tests.support.kube import Kube
 from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "helm" / "rayvllm-operator"
 DOCKERFILE = REPO / "Dockerfile"
 RBAC_KINDS = frozenset({"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"})
 CLUSTER_SCOPED = frozenset({"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"})
 Manifest = dict[str, Any]
-
-
-# ---- helm ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Helm:
-    """The pinned helm binary, talking to one cluster. Its own state goes under `home`, not ~/."""
-
-    binary: Path
-    kubeconfig: Path | None
-    home: Path
-
-    @classmethod
-    def for_cluster(cls, kubeconfig: Path | None, home: Path) -> Helm:
-        return cls(Tools.from_cache().helm / "helm", kubeconfig, home)
-
-    def run(self, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        env = {
-            **os.environ,
-            "HELM_CACHE_HOME": str(self.home / "cache"),
-            "HELM_CONFIG_HOME": str(self.home / "config"),
-            "HELM_DATA_HOME": str(self.home / "data"),
-        }
-        if self.kubeconfig is not None:
-            env["KUBECONFIG"] = str(self.kubeconfig)
-        result = subprocess.run(
-            [str(self.binary), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result
-
-    def template(
-        self, release: str, namespace: str, values: Mapping[str, Any] | None = None, *extra: str
-    ) -> list[Manifest]:
-        """`helm template` of the chart, parsed; `values` go in as a values file (exact types kept)."""
-        args = ["template", release, str(CHART), "--namespace", namespace, *extra]
-        if values:
-            text = json.dumps(values, sort_keys=True)
-            values_file = self.home / f"values-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
-            values_file.parent.mkdir(parents=True, exist_ok=True)
-            values_file.write_text(text)
-            args += ["--values", str(values_file)]
-        return [doc for doc in yaml.safe_load_all(self.run(*args).stdout) if doc]
 
 
 # ---- the ServiceAccount identity -------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import yaml
 
-from hack.localcluster.helm_release import CHART
+from hack.localcluster.kubecli import CHART
 from rayvllm.builders.labels import (
     CLUSTER_LABEL,
     INSTANCE_LABEL,

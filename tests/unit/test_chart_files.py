@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.operator_identity import CHART, DOCKERFILE, Helm, dockerfile_instruction
+from hack.localcluster.kubecli import CHART, Helm
+from tests.support.operator_identity import DOCKERFILE, dockerfile_instruction
 
 REPO = Path(__file__).resolve().parents[2]
 Manifest = dict[str, Any]
