@@ -87,9 +87,10 @@ def leftovers(kube: Kube, namespace: str, served_names: list[str]) -> dict[str, 
 def delete_under_storm(
     kube: Kube, namespace: str, release: OperatorRelease, served_names: list[str], kills: int, seed: int
 ) -> Deleted:
-    """Every VLLMCluster of `namespace` deleted while the operator is SIGKILLed `kills` times; waits until
-    nothing is left (their finalizers stop every engine job first) or fails naming what is."""
-    with OperatorStorm(release, limit=kills, seed=seed) as storm:
+    """Every VLLMCluster of `namespace` deleted while the operator is SIGKILLed, every 1-3 s (a delete takes
+    seconds), up to `kills` processes; waits until nothing is left (their finalizers stop every engine job
+    first) or fails naming what is."""
+    with OperatorStorm(release, limit=kills, low=1.0, high=3.0, seed=seed) as storm:
         kube.kubectl("delete", "vllm", "--all", "-n", namespace, "--wait=false")
         deleted = time.monotonic()
         try:
