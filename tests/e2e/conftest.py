@@ -58,15 +58,15 @@ E2E_SETTINGS: OperatorSettings = {
     "engineJobEnv": dict(CPU_ENGINE_ENV),
 }
 # The operator of `make test`'s shared serving object (tests/e2e/test_shared_engine.py): the chart's defaults
-# for everything that judges an engine (HTTP timeout, unhealthy grace), so a probe answered late on two
-# busy cores is judged as in production; a short resync and a canary every 10 s (the hang phase waits for
-# one), with twice the default patience for its answer.
+# for everything that judges an engine (HTTP timeout, unhealthy grace, the canary's timeout), so a probe
+# answered late on two busy cores is judged as in production; a short resync and a canary every 10 s
+# rather than 60 (the hang phase waits for one).
 SHARED_SETTINGS: OperatorSettings = {
     "resyncSeconds": 2,
     "httpTimeoutSeconds": 5,
     "unhealthyGraceSeconds": 30,
     "canaryIntervalSeconds": 10,
-    "canaryTimeoutSeconds": 20,
+    "canaryTimeoutSeconds": 10,
     "engineJobEnv": dict(CPU_ENGINE_ENV),
 }
 
