@@ -526,5 +526,7 @@ def test_with_the_dashboard_failing_an_engine_that_stops_answering_leaves_the_se
     (engine,) = p.engines
     assert not engine.ready
     assert serving_changes([pod_view(pod(SERVING_POD, serving=True))], p.engines) == {SERVING_POD: False}
-    kept = ("submission_id", "attempt", "restarts", "unhealthy_since", "restart_after", "last_failure")
+    kept = ("submission_id", "attempt", "restarts", "restart_after", "last_failure")
     assert {f: getattr(engine, f) for f in kept} == {f: getattr(SERVING_ENGINE, f) for f in kept}
+    # Its unhealthy grace starts now: once Ray answers it is judged as once ready (decide.judge_without_ray).
+    assert engine.unhealthy_since == T0
