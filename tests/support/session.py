@@ -49,7 +49,8 @@ def deselected_summary(items: Sequence[pytest.Item], markexpr: str) -> str:
         return f"[deselected] none by -m '{markexpr}'" if markexpr else "[deselected] none"
     by_target = Counter(target_of(item) for item in items)
     where = ", ".join(f"{count} run by `{target}`" for target, count in sorted(by_target.items()))
-    return f"[deselected] {len(items)} tests left out by -m '{markexpr}': {where}"
+    tests = "test" if len(items) == 1 else "tests"
+    return f"[deselected] {len(items)} {tests} left out by -m '{markexpr}': {where}"
 
 
 class RunningTest:
