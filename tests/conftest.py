@@ -136,10 +136,11 @@ def namespace(kube: Kube, request: pytest.FixtureRequest, leaked_namespaces: lis
 
 def namespace_contents(kube: Kube, name: str) -> str:
     """What keeps a namespace from going: its status (its conditions name the kinds and finalizers left)
-    and every object of every listable namespaced kind but Events, pods with their nodes."""
+    and every object of every listable namespaced kind, pods with their nodes; not Events, nor the
+    deprecated Endpoints (EndpointSlices list the same)."""
     status = kube.kubectl("get", "namespace", name, "-o", "jsonpath={.status}", check=False)
     listed = kube.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name", check=False)
-    kinds = [kind for kind in listed.stdout.split() if kind.split(".")[0] != "events"]
+    kinds = [kind for kind in listed.stdout.split() if kind.split(".")[0] not in ("events", "endpoints")]
     objects = kube.kubectl(
         "get", ",".join(kinds) or "all", "-n", name, "--ignore-not-found", "-o", "wide", check=False
     )
