@@ -129,7 +129,8 @@ if [ $# -eq 0 ]; then
   report=integration-e2e.xml
   set -- tests/integration tests/e2e -m "$selection"
 else
-  session="pytest $*"
+  echo "[run-tests] pytest $*"
+  session="selected tests"
   report=selected.xml
   rm -f "$results/$report"
 fi
