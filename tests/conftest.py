@@ -1,6 +1,7 @@
 """Fixtures shared by the integration and e2e tiers: the real local control plane, a fresh namespace
-per test. Unit tests use none of these and need nothing running, except the pinned tool binaries (helm,
-Prometheus, Toxiproxy) some of them run."""
+per test. Unit tests use none of these and need nothing built or running. And the session's hooks: the
+tiers run in order (unit, integration, e2e), and the run's log says what was left out, what was running
+when the run was stopped, and what the tests measured."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from hack.localcluster import network
 from hack.localcluster.cluster import Cluster, ClusterPlan, default_cluster
 from hack.localcluster.controlplane import FakeNodePlan, Tools
 from hack.localcluster.node import NodePlan
+from tests.support import measurements, session
 from tests.support.kube import Kube
 from tests.support.operator import OperatorProcess, free_port
 from tests.support.wait import wait_for
@@ -95,10 +97,23 @@ def assert_nothing_left_the_machine() -> None:
     print(f"\n[network guard] {counters}")
 
 
+@pytest.fixture(scope="session")
+def leaked_namespaces() -> Iterator[list[str]]:
+    """The namespaces whose deletion failed this session. Each failed its own test's teardown; the session
+    fails again at its end while any is listed, so a leak is never silent."""
+    leaked: list[str] = []
+    yield leaked
+    assert not leaked, f"namespaces this session could not delete: {leaked}"
+
+
+NAMESPACE_DELETE_TIMEOUT = "120s"
+
+
 @pytest.fixture
-def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+def namespace(kube: Kube, request: pytest.FixtureRequest, leaked_namespaces: list[str]) -> Iterator[str]:
     """A fresh namespace named after the test, deleted afterwards. Teardown waits for the deletion so
-    the next test finds the fake GPUs free again."""
+    the next test finds the fake GPUs free again; a namespace that will not go fails the test, with what
+    is left in it."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     # Random, not derived from the test id: a rerun must not collide with a namespace still terminating.
     name = f"t-{slug}-{secrets.token_hex(3)}"
@@ -106,7 +121,33 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     try:
         yield name
     finally:
-        kube.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
+        deleted = kube.kubectl(
+            "delete", "namespace", name, "--ignore-not-found", "--wait=true",
+            f"--timeout={NAMESPACE_DELETE_TIMEOUT}", check=False,
+        )  # fmt: skip
+        if deleted.returncode != 0:
+            leaked_namespaces.append(name)
+            pytest.fail(
+                f"namespace {name} not deleted within {NAMESPACE_DELETE_TIMEOUT}: {deleted.stderr.strip()}\n"
+                f"{namespace_contents(kube, name)}",
+                pytrace=False,
+            )
+
+
+def namespace_contents(kube: Kube, name: str) -> str:
+    """What keeps a namespace from going: its status (its conditions name the kinds and finalizers left)
+    and every object of every listable namespaced kind, pods with their nodes; not Events, nor the
+    deprecated Endpoints (EndpointSlices list the same)."""
+    status = kube.kubectl("get", "namespace", name, "-o", "jsonpath={.status}", check=False)
+    listed = kube.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name", check=False)
+    kinds = [kind for kind in listed.stdout.split() if kind.split(".")[0] not in ("events", "endpoints")]
+    objects = kube.kubectl(
+        "get", ",".join(kinds) or "all", "-n", name, "--ignore-not-found", "-o", "wide", check=False
+    )
+    return (
+        f"namespace status: {status.stdout.strip() or status.stderr.strip()}\n"
+        f"left in it:\n{objects.stdout.strip() or '(nothing listed)'}\n{objects.stderr.strip()}"
+    )
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,14 +201,55 @@ def operator(kube: Kube, crds: Path, tmp_path_factory: pytest.TempPathFactory) -
         process.stop()
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The fuzz counts, when the fuzz test ran; the chaos table: one row per chaos scenario that ran this
-    session (e2e on real pods, and the control-plane faults on a cluster of their own); then what the
-    session's secret scan searched."""
+# ---- the session's order and its log ---------------------------------------------------------------
+
+RUNNING = session.RunningTest()
+DESELECTED: list[pytest.Item] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    session.in_tier_order(items)
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    DESELECTED.extend(items)
+
+
+def pytest_runtest_logstart(nodeid: str) -> None:
+    RUNNING.started(nodeid)
+
+
+def pytest_runtest_logfinish(nodeid: str) -> None:
+    RUNNING.finished(nodeid)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """Outside pytest-timeout's own wrapper, which sets the session timeout's stop reason after a test."""
+    try:
+        return (yield)
+    finally:
+        reason = item.session.shouldfail
+        if isinstance(reason, str) and reason.startswith("session-timeout") and " during " not in reason:
+            item.session.shouldfail = session.session_timeout_reason(reason, item)
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    # pytest's own stops (errors during collection) are Interrupted too; only a signal names the test.
+    if not isinstance(excinfo.value, pytest.Session.Interrupted):
+        RUNNING.interrupted_during = RUNNING.describe()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """What the marker expression left out; the fuzz counts, when the fuzz test ran; the measurements; the
+    chaos table: one row per chaos scenario that ran this session (e2e on real pods, and the control-plane
+    faults on a cluster of their own); then what the session's secret scan searched; and, when the run was
+    interrupted (Ctrl-C, or hack/run-tests.sh's deadline), the test it stopped."""
     from tests.e2e.chaos import TABLE, format_table
     from tests.e2e.leaks import SCAN
     from tests.support.fuzz import SUMMARY as FUZZ_SUMMARY
 
+    terminalreporter.write_line(session.deselected_summary(DESELECTED, config.option.markexpr))
     if FUZZ_SUMMARY:
         terminalreporter.write_sep("=", "fuzz")
         for line in FUZZ_SUMMARY:
@@ -178,3 +260,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(format_table(TABLE))
     if SCAN.secrets:
         terminalreporter.write_line(SCAN.summary())
+    if measurements.LINES:
+        terminalreporter.write_sep("=", "measurements")
+        for line in measurements.LINES:
+            terminalreporter.write_line(line)
+    if RUNNING.interrupted_during is not None:
+        terminalreporter.write_line(f"[interrupted] while running: {RUNNING.interrupted_during}")

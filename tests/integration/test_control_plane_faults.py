@@ -1,12 +1,14 @@
 """Chaos: the control plane itself fails under a running operator. With ten VLLMClusters settled, the
 kube-apiserver is SIGKILLed and started again 20 s later; then etcd likewise. After each, one VLLMCluster is
 edited (one more engine replica, so its RayCluster needs one more worker) and the edit must reach the
-RayCluster within 5 s of being made, by the same operator process that ran before the fault: no restart,
-no resync to wait for (watch reconnection is kopf's most reported problem).
+RayCluster within 10 s of being made (the time printed), by the same operator process that ran before the
+fault: no restart (watch reconnection is kopf's most reported problem; a dead watch leaves the operator's
+copy of the object stale, so no resync would bring the edit either).
 
 These run on a loopback control plane of their own (tests/support/own_cluster.py; state under
 /tmp/rayvllm-cpfaults, ports from 28400), never on the session's cluster, so no other test shares a cluster
 that was made to fail. The operator runs on this machine with no Ray to reach, as in the integration tier.
+A second control plane and two 20 s outages cost about 2 minutes: `make chaos` runs them, not `make test`.
 """
 
 from __future__ import annotations
@@ -25,18 +27,25 @@ from hack.localcluster.controlplane import FakeNodePlan
 from tests.conftest import INTEGRATION_OPERATOR_ENV
 from tests.e2e.chaos import TABLE, ChaosRow
 from tests.support.kube import json_object
+from tests.support.measurements import report
 from tests.support.operator import OperatorProcess
 from tests.support.own_cluster import OwnCluster
 from tests.support.wait import wait_for
 
+# chaos: `make chaos` only (see the module's docstring).
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 STATE_DIR = Path(os.environ.get("RAYVLLM_CPFAULTS_DIR", "/tmp/rayvllm-cpfaults"))
 PORT_BASE = int(os.environ.get("RAYVLLM_CPFAULTS_PORT_BASE", "28400"))
 NAMESPACE = "cp-faults"
 OBJECTS = 10
+# Long enough for every watch stream and API call of the operator to fail and back off several times (the
+# reconnection path under test); a blip of a few seconds may be ridden out by one retry. `make chaos` only,
+# so its 40 s in all are not `make test`'s.
 DOWN_SECONDS = 20.0
-EDIT_TARGET_SECONDS = 5.0
+# Edit -> RayCluster after the restart: 1.0 s (kube-apiserver) and 0.2 s (etcd) measured on the 2-core CI
+# machine, 2026-12-07; the bound is 10x the slower.
+EDIT_BOUND_SECONDS = 10.0
 # One GPU per engine and per worker: ten objects and the two edits fit the 16 fake GPUs.
 FAKE_NODES = FakeNodePlan(gpu_nodes=2, gpus_per_node=8, cpu_nodes=1)
 
@@ -141,10 +150,10 @@ def fault_then_edit(own: OwnCluster, operator: OperatorProcess, daemon: str, nam
 
     assert operator.alive(), f"the operator died:\n{operator.log_tail()}"
     assert operator.proc is not None and operator.proc.pid == operator_pid, "the operator was restarted"
-    print(
-        f"\n[control-plane faults] {daemon} (pid {killed}) SIGKILLed, down {DOWN_SECONDS:.0f}s, ready "
+    report(
+        f"[control-plane faults] {daemon} (pid {killed}) SIGKILLed, down {DOWN_SECONDS:.0f}s, ready "
         f"{ready_seconds:.1f}s after its restart; edit -> RayCluster in {edit_seconds:.2f}s "
-        f"(target {EDIT_TARGET_SECONDS:.0f}s); operator pid {operator_pid} throughout"
+        f"(bound {EDIT_BOUND_SECONDS:.0f}s); operator pid {operator_pid} throughout"
     )
     row = ChaosRow(
         scenario=f"{daemon} SIGKILL, {DOWN_SECONDS:.0f}s down",
@@ -159,15 +168,15 @@ def fault_then_edit(own: OwnCluster, operator: OperatorProcess, daemon: str, nam
     return row
 
 
-def test_apiserver_killed_and_restarted_edit_is_acted_on_within_5s(
+def test_apiserver_killed_and_restarted_then_an_edit_is_acted_on(
     own: OwnCluster, own_operator: OperatorProcess, objects: list[str]
 ) -> None:
     row = fault_then_edit(own, own_operator, "kube-apiserver", objects[0])
-    assert row.heal_seconds <= EDIT_TARGET_SECONDS, own_operator.log_tail()
+    assert row.heal_seconds <= EDIT_BOUND_SECONDS, own_operator.log_tail()
 
 
-def test_etcd_killed_and_restarted_edit_is_acted_on_within_5s(
+def test_etcd_killed_and_restarted_then_an_edit_is_acted_on(
     own: OwnCluster, own_operator: OperatorProcess, objects: list[str]
 ) -> None:
     row = fault_then_edit(own, own_operator, "etcd", objects[1])
-    assert row.heal_seconds <= EDIT_TARGET_SECONDS, own_operator.log_tail()
+    assert row.heal_seconds <= EDIT_BOUND_SECONDS, own_operator.log_tail()

@@ -4,14 +4,17 @@ running. Every case is either
 
 - refused at admission (HTTP 422/400) with a message naming the offending field, or
 - accepted, and then the operator's models accept the stored object too, its status says what is wrong (a
-  condition with a reason) or that it progresses, within one resync of its creation, and the operator
-  neither crashes (process alive, no traceback in its log) nor loops hot on it (status writes per object,
+  condition with a reason) or that it progresses, within 30 s of its creation (the latencies are printed:
+  the speed of the first status is `make bench`'s to judge), and the operator neither crashes (process alive, no traceback in its log) nor loops hot on it (status writes per object,
   and the API server's count of the operator's writes, bounded over a window).
 
 Accepted objects live in batches: created together, judged, deleted, and gone (finalizer released) before
 the next batch. A ResourceQuota bounds the pods KubeRay may make for them: random worker counts go up to
 10^9, and KubeRay would try to create them all. Specs that once found a bug are kept in
 tests/bad_inputs/fuzz-regressions.json and always run first.
+
+`make test` draws about half the cases `make chaos` draws (the full draw is marked chaos); both are
+deterministic (derandomized), so a failure found by either reproduces.
 """
 
 from __future__ import annotations
@@ -41,12 +44,25 @@ from tests.conftest import INTEGRATION_OPERATOR_ENV
 from tests.support.fuzz import SUMMARY as FUZZ_SUMMARY
 from tests.support.fuzz import Case, draw_cases, rejection_problem
 from tests.support.kube import Kube, apiserver_writes, json_object, operator_writes, write_delta
+from tests.support.measurements import report
 from tests.support.operator import OperatorProcess
 
 pytestmark = pytest.mark.integration
 
-N_SCHEMA = 245
-N_MUTATIONS = 260
+
+@dataclass(frozen=True)
+class Draw:
+    """How many specs to draw from the CRD's schema and as mutations of valid objects (the regressions
+    always run on top)."""
+
+    schema: int
+    mutations: int
+
+
+DRAWS = [
+    pytest.param(Draw(schema=120, mutations=130), id="make-test"),
+    pytest.param(Draw(schema=245, mutations=260), id="full", marks=pytest.mark.chaos),
+]
 # Accepted objects alive at once.
 BATCH = 20
 # Pods KubeRay may create in the namespace; the rest of what the specs ask for fails with a quota error
@@ -56,6 +72,9 @@ CREATE_THREADS = 2
 
 RESYNC = float(INTEGRATION_OPERATOR_ENV["RAYVLLM_RESYNC_SECONDS"])
 ONE_RESYNC = RESYNC * (1 + Settings.model_fields["resync_jitter"].default)
+# An accepted object's status must be there and say the right thing this soon after its creation. Typically
+# within one resync; the bound is loose on purpose (2 cores, a batch of 20 at once), the latencies printed.
+STATUS_WITHIN = 30.0
 # The hot-loop window. An object's world may change in it (KubeRay creating its 133 worker pods one by one,
 # retrying against the quota with a new pod name in its message each time), and each change is an event
 # of a child that wakes the object's loop. So the bounds count from those events: a status write needs a
@@ -310,9 +329,15 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def test_fuzzed_specs(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+@pytest.mark.parametrize("draw", DRAWS)
+def test_fuzzed_specs(kube: Kube, namespace: str, operator: OperatorProcess, draw: Draw) -> None:
     started = time.monotonic()
-    cases = draw_cases(N_SCHEMA, N_MUTATIONS)
+    cases = draw_cases(draw.schema, draw.mutations)
     drawn = time.monotonic() - started
     kube.apply(
         {
@@ -365,12 +390,20 @@ def test_fuzzed_specs(kube: Kube, namespace: str, operator: OperatorProcess) -> 
         f"[fuzz] tried={tally.tried} rejected={tally.rejected} accepted={tally.accepted} "
         f"accepted-and-reported={tally.reported} crashes={tally.crashes} failures={len(tally.failures)} "
         f"model-more-lenient={tally.model_lenient} drawn-in={drawn:.1f}s wall={elapsed:.1f}s "
-        f"status-latency-max={max(tally.latencies, default=0):.2f}s "
+        f"status-latency-p50={percentile(tally.latencies, 0.5):.2f}s "
+        f"p95={percentile(tally.latencies, 0.95):.2f}s max={max(tally.latencies, default=0):.2f}s "
+        f"(bound {STATUS_WITHIN:.0f}s) "
         f"window-writes-per-object-max={max(tally.window_writes, default=0):.2f} "
         f"window-passes-per-object-max={max(tally.window_passes, default=0):.2f}",
         f"[fuzz] reasons: {dict(tally.reasons.most_common())}",
     ]
-    assert tally.tried >= 500
+    report(
+        f"[fuzz] first status after creation over {len(tally.latencies)} accepted objects: "
+        f"p50 {percentile(tally.latencies, 0.5):.2f}s, p95 {percentile(tally.latencies, 0.95):.2f}s, "
+        f"max {max(tally.latencies, default=0):.2f}s (one resync {ONE_RESYNC:.1f}s; bound {STATUS_WITHIN:.0f}s)"
+    )
+    # Hypothesis may stop a draw a little short of its examples; never by much.
+    assert tally.tried >= (draw.schema + draw.mutations) * 99 // 100
     assert tally.accepted * 3 >= tally.tried, f"only {tally.accepted}/{tally.tried} admitted"
     assert not tally.failures, f"{len(tally.failures)} failing case(s):\n" + "\n".join(tally.failures[:40])
 
@@ -400,22 +433,24 @@ def judge_batch(
     tally: Tally,
     live: list[Live],
 ) -> None:
-    """Statuses within one resync; then a window of no hot loop; then delete them all and wait until they
+    """Statuses within STATUS_WITHIN; then a window of no hot loop; then delete them all and wait until they
     are gone."""
     release_redis_cleanup(kube, namespace)  # of the batch before: its pods would hold the quota
-    deadline = max(obj.created_at for obj in live) + ONE_RESYNC + 10
+    deadline = max(obj.created_at for obj in live) + STATUS_WITHIN
     while time.monotonic() < deadline and any(watcher.get(o.name).first_status_at is None for o in live):
         time.sleep(0.1)
     on_time = []
     for obj in live:
         seen = watcher.get(obj.name)
         if seen.first_status_at is None or seen.body is None:
-            tally.fail(obj.case, obj.name, f"no status within {deadline - obj.created_at:.0f}s")
+            tally.fail(obj.case, obj.name, f"no status within {time.monotonic() - obj.created_at:.0f}s")
             continue
         latency = seen.first_status_at - obj.created_at
         tally.latencies.append(latency)
-        if latency > ONE_RESYNC:
-            tally.fail(obj.case, obj.name, f"its first status came after {latency:.1f}s (> one resync)")
+        if latency > STATUS_WITHIN:
+            tally.fail(
+                obj.case, obj.name, f"its first status came after {latency:.1f}s (> {STATUS_WITHIN:.0f}s)"
+            )
             continue
         on_time.append(obj)
 

@@ -1,7 +1,8 @@
-"""The dashboard's queries and the alert rules in the pinned Prometheus, without a cluster: Prometheus (on
-127.0.0.1) scrapes this process's own rayvllm.metrics server after a status was recorded; every dashboard
-query parses, every query over the operator's metrics returns series, every rule evaluates, and
-RayvllmEnginesNotReady fires once fewer engines are ready than desired. The vLLM queries get their series
+"""The dashboard's queries and the alert rules in the pinned Prometheus (built by `make tools`, hence this
+tier), without a cluster: Prometheus (on 127.0.0.1) scrapes this process's own rayvllm.metrics server
+after a status was recorded; every dashboard query parses, every query over the operator's metrics
+returns series, every rule evaluates, and RayvllmEnginesNotReady fires once fewer engines are ready than
+desired. The vLLM queries get their series
 in the e2e test (tests/e2e/test_observability.py), which scrapes real engines."""
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from tests.support.prometheus import (
     substituted,
 )
 from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.integration
 
 NAMESPACE, NAME = "unit-prom", "observed"
 
