@@ -23,6 +23,7 @@ from hack.localcluster.helm_release import OperatorRelease
 from hack.localcluster.node import NODE_NAME
 from hack.localcluster.procs import cache_dir
 from hack.localcluster.workloads import CPU_ENGINE_ENV, REDIS_NAME, REDIS_PORT, generate_tiny_model, redis
+from tests.conftest import NamespaceDeletions
 from tests.e2e.leaks import SCAN, SecretScan
 from tests.e2e.realnode import RealNodeWorld, apply_volumes
 from tests.support.kube import Kube
@@ -124,12 +125,15 @@ def installed_operator(
     real_node: RealNodeWorld,
     home: Path,
     settings: Mapping[str, Any],
+    deletions: NamespaceDeletions,
 ) -> Iterator[OperatorRelease]:
-    """The chart installed with `settings` for the block, the integration tier's operator paused meanwhile;
-    afterwards its log is kept beside `home` (in-cluster-operator.log), the release and its namespace go,
-    and the integration tier's operator runs again."""
+    """The chart installed with `settings` for the block, the integration tier's operator paused meanwhile
+    (once every namespace deletion it may have to finish is done); afterwards its log is kept beside `home`
+    (in-cluster-operator.log), the release and its namespace go, and the integration tier's operator runs
+    again."""
     # A namespace of its own: the integration tier installs manifests/install.yaml into rayvllm-system.
     release = OperatorRelease(kube.kubeconfig, Tools.from_cache(), home, namespace="rayvllm-e2e")
+    deletions.settle()
     operator.stop()
     try:
         release.install(real_node.images.operator, settings)
@@ -164,6 +168,7 @@ def in_cluster_operator(
     crds: Path,
     operator: OperatorProcess,
     real_node: RealNodeWorld,
+    namespace_deletions: NamespaceDeletions,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorRelease]:
     """The operator as users run it: the chart installed with the image built from our Dockerfile, under
@@ -172,7 +177,7 @@ def in_cluster_operator(
     integration tier's operator (on this machine, watching every namespace) is paused meanwhile: two
     operators must never reconcile one object."""
     with installed_operator(
-        kube, operator, real_node, tmp_path_factory.mktemp("helm"), E2E_SETTINGS
+        kube, operator, real_node, tmp_path_factory.mktemp("helm"), E2E_SETTINGS, namespace_deletions
     ) as release:
         yield release
 

@@ -38,6 +38,7 @@ import pytest
 
 from hack.localcluster.helm_release import OperatorRelease
 from hack.localcluster.network import NODE_IP
+from tests.conftest import NamespaceDeletions
 from tests.e2e.chaos import (
     ChaosRow,
     RouteWatch,
@@ -176,6 +177,7 @@ def proxied_operator(
     operator: OperatorProcess,
     real_node: RealNodeWorld,
     dashboard_proxy: DashboardProxy,
+    namespace_deletions: NamespaceDeletions,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorRelease]:
     """The in-cluster operator of `in_cluster_operator`, reaching every Ray dashboard through the proxy."""
@@ -185,7 +187,7 @@ def proxied_operator(
         "dashboardUrlTemplate": f"http://{dashboard_proxy.listen}",
     }
     home = tmp_path_factory.mktemp("helm")
-    with installed_operator(kube, operator, real_node, home, settings) as release:
+    with installed_operator(kube, operator, real_node, home, settings, namespace_deletions) as release:
         yield release
 
 

@@ -36,7 +36,7 @@ def ray(kube: Kube, real_node: RealNodeWorld) -> Iterator[RayOnPods]:
         yield started
         stop_ray_on_pods(kube, started)
     finally:
-        kube.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False)
+        kube.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=120s")
 
 
 def run(make: Callable[[RayDashboardClient], Awaitable[T]], url: str, token: str | None) -> T:

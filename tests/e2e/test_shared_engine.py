@@ -42,6 +42,7 @@ from hack.localcluster.helm_release import OperatorRelease
 from hack.localcluster.workloads import MODEL_CLAIM
 from rayvllm.builders.raycluster import ENGINE_METRICS_PATH
 from rayvllm.models.spec import RestartPolicySpec
+from tests.conftest import NamespaceDeletions
 from tests.e2e.chaos import (
     Background,
     ChaosRow,
@@ -123,11 +124,13 @@ def release(
     crds: Path,
     operator: OperatorProcess,
     real_node: RealNodeWorld,
+    namespace_deletions: NamespaceDeletions,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorRelease]:
     """The chart, installed once for every phase (the integration tier's host operator paused meanwhile)."""
+    home = tmp_path_factory.mktemp("helm")
     with installed_operator(
-        kube, operator, real_node, tmp_path_factory.mktemp("helm"), SHARED_SETTINGS
+        kube, operator, real_node, home, SHARED_SETTINGS, namespace_deletions
     ) as installed:
         yield installed
 

@@ -335,7 +335,9 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 @pytest.mark.parametrize("draw", DRAWS)
-def test_fuzzed_specs(kube: Kube, namespace: str, operator: OperatorProcess, draw: Draw) -> None:
+def test_fuzzed_specs(
+    settled_namespaces: None, kube: Kube, namespace: str, operator: OperatorProcess, draw: Draw
+) -> None:
     started = time.monotonic()
     cases = draw_cases(draw.schema, draw.mutations)
     drawn = time.monotonic() - started

@@ -35,7 +35,9 @@ def settle(kube: Kube, namespace: str, name: str) -> None:
     )
 
 
-def test_a_settled_object_costs_no_writes(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+def test_a_settled_object_costs_no_writes(
+    settled_namespaces: None, kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
     manifest = load(SAMPLE)
     name = manifest["metadata"]["name"]
     kube.kubectl("apply", "-n", namespace, "-f", str(SAMPLE))
