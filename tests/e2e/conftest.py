@@ -129,7 +129,7 @@ def installed_operator(
 ) -> Iterator[OperatorRelease]:
     """The chart installed with `settings` for the block, the integration tier's operator paused meanwhile
     (once every namespace deletion it may have to finish is done); afterwards its log is kept beside `home`
-    (in-cluster-operator.log), the release and its namespace go, and the integration tier's operator runs
+    (in-cluster-operator-<home>.log), the release and its namespace go, and the integration tier's operator runs
     again."""
     # A namespace of its own: the integration tier installs manifests/install.yaml into rayvllm-system.
     release = OperatorRelease(kube.kubeconfig, Tools.from_cache(), home, namespace="rayvllm-e2e")
@@ -141,7 +141,7 @@ def installed_operator(
     finally:
         try:
             logs = release.logs()
-            (home.parent / "in-cluster-operator.log").write_text(logs)
+            (home.parent / f"in-cluster-operator-{home.name}.log").write_text(logs)
             # Every in-cluster operator that ran is searched by the run's secret scan.
             SCAN.keep_operator(f"operator {home.name}", release)
             release.uninstall()

@@ -28,6 +28,7 @@ from rayvllm.models.spec import RestartPolicySpec
 from rayvllm.reasons import Reason
 from tests.e2e.chaos import (
     ChaosRow,
+    RouteSample,
     RouteWatch,
     Watch,
     container_id,
@@ -54,6 +55,7 @@ from tests.e2e.serving import (
     engines,
     jobs_of,
     manifest,
+    pod_ip,
     report,
     serving_ips,
     vllm,
@@ -326,6 +328,16 @@ def lose_worker_pod(
         assert watch.dark_samples == 0, f"the Service lost every endpoint in {watch.dark_samples} samples"
 
 
+def route_counts(samples: Sequence[RouteSample]) -> str:
+    """Where the route to an engine's pod broke, if it did, over a fault's looks: the pod not Ready, the
+    serving label off, the pod out of the Service's endpoints, the engine not answering /health."""
+    return (
+        f"of {len(samples)} route samples: pod not Ready in {sum(not s.pod_ready for s in samples)}, "
+        f"label off in {sum(not s.labelled for s in samples)}, out of the Service in "
+        f"{sum(not s.in_service for s in samples)}, engine silent in {sum(not s.engine_answers for s in samples)}"
+    )
+
+
 # --- The head pod deleted -------------------------------------------------------------------------------
 
 
@@ -392,7 +404,11 @@ def lose_head_with_gcs_fault_tolerance(
     row = ChaosRow("head pod deleted, GCS fault tolerance (Redis)")
     seen_unreachable = False
 
-    with under_load(kube, namespace, served, row) as (watch, load):
+    worker = before["podName"]
+    with (
+        under_load(kube, namespace, served, row) as (watch, load),
+        RouteWatch(kube, namespace, served.name, worker, pod_ip(kube, namespace, worker)) as routes,
+    ):
         time.sleep(2)
         kube.kubectl("delete", "pod", head, "-n", namespace, "--wait=false")
         faulted = time.monotonic()
@@ -434,8 +450,8 @@ def lose_head_with_gcs_fault_tolerance(
         f"engine survived: {survived} (restarts {after['restarts']}; its job known to the new head at "
         f"once: {before['submissionId'] in first_jobs}); "
         f"RayDashboardUnreachable seen: {seen_unreachable}; "
-        f"Service dark in {watch.dark_samples}/{watch.samples} samples; first failures {failures}; "
-        "heal = head deleted to Ray answering with the job"
+        f"Service dark in {watch.dark_samples}/{watch.samples} samples; {route_counts(routes.samples)}; "
+        f"first failures {failures}; heal = head deleted to Ray answering with the job"
     )
     record(row, capsys)
 
