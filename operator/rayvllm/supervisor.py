@@ -172,9 +172,7 @@ class Supervisor:
 
         async def ask(record: EngineStatus) -> EngineProbe | None:
             url = engine_base_url(record, self._ctx)
-            if url is None:
-                return None
-            return await self._limited(lambda: self._prober.probe(url, served, self._ctx.api_key))
+            return None if url is None else await self._probe(record, url, served)
 
         probes = await asyncio.gather(*(ask(record) for record in previous))
         return [judge_without_ray(r, probe, self._ctx.now) for r, probe in zip(previous, probes, strict=True)]
@@ -228,11 +226,19 @@ class Supervisor:
         probe = None
         if url is not None:
             served = self._ctx.spec.model.served_name(self._ctx.ref.name)
-            probe = await self._limited(lambda: self._prober.probe(url, served, self._ctx.api_key))
+            probe = await self._probe(record, url, served)
         # After the probe: not for an engine found ready now. At most every LOG_LINE_REFRESH while it loads,
         # for Ray answers the whole log each time.
         logs = await self._logs(sid) if logs_due(record, job, probe, self._ctx) else None
         return Observed(job, probe, logs)
+
+    async def _probe(self, record: EngineStatus, url: str, served: str) -> EngineProbe:
+        """One probe under the limiter. Why a serving engine's probe failed is logged: it may take the engine's
+        pod out of the Service, and status keeps only the resulting health."""
+        probe = await self._limited(lambda: self._prober.probe(url, served, self._ctx.api_key))
+        if record.ready and not probe.ready:
+            log.info("%s: engine %d's probe failed: %s", self._ctx.ref, record.index, probe.detail)
+        return probe
 
     async def _loads(self, engines: Sequence[EngineStatus]) -> dict[int, LoadSample | None]:
         """The autoscaler's signal, read from the engines that serve after this pass (concurrently, under the

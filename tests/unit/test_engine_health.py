@@ -1,5 +1,5 @@
 """How probe answers map to engine states. The answers are vLLM's documented ones, played by an httpx
-MockTransport; the real server is probed by the e2e tier (tests/e2e/test_engine_supervision.py)."""
+MockTransport (a dropped connection by a real server on 127.0.0.1); the real engine is probed by the e2e tier (tests/e2e/test_engine_supervision.py)."""
 
 from __future__ import annotations
 
@@ -90,3 +90,49 @@ def test_real_refused_port_without_a_client() -> None:
         port = sock.getsockname()[1]
         result = asyncio.run(probe_engine(f"http://127.0.0.1:{port}", "tiny", http_timeout=2))
     assert result.state is EngineState.STARTING
+
+
+class DroppingServer:
+    """A real HTTP server on 127.0.0.1 that closes its first `drops` connections as a request arrives on
+    them, without answering (what vLLM's server does to a kept-alive connection it is closing), then answers
+    as vLLM does."""
+
+    def __init__(self, drops: int) -> None:
+        self.drops = drops
+        self.connections = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        request = await reader.readuntil(b"\r\n\r\n")
+        if self.connections <= self.drops:
+            writer.close()
+            return
+        path = request.split(b" ")[1]
+        body = b'{"object": "list", "data": [{"id": "tiny"}]}' if path == b"/v1/models" else b""
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    def probe(self) -> EngineProbe:
+        async def run() -> EngineProbe:
+            server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            async with server, httpx.AsyncClient(timeout=5) as client:
+                return await probe_engine(f"http://127.0.0.1:{port}", "tiny", client=client)
+
+        return asyncio.run(run())
+
+
+def test_a_connection_dropped_without_an_answer_is_asked_again_once() -> None:
+    server = DroppingServer(drops=1)
+    assert server.probe().ready
+    assert server.connections == 3  # /health dropped, /health again, /v1/models
+
+
+def test_an_engine_that_drops_every_connection_is_not_ready() -> None:
+    server = DroppingServer(drops=10)
+    result = server.probe()
+    assert result.state is EngineState.STARTING and "RemoteProtocolError" in result.detail
+    assert server.connections == 2  # asked again once, not more

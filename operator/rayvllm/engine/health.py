@@ -7,6 +7,7 @@ port, connections are refused. /health is never behind the API key; /v1/* is.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -27,10 +28,21 @@ from rayvllm.engine.probe import EngineProbe as EngineProbe
 from rayvllm.engine.probe import EngineState as EngineState
 from rayvllm.engine.probe import LoadSample
 
+log = logging.getLogger(__name__)
+
+# A kept-alive connection the engine closed as a request went out on it ("server disconnected without
+# sending a response"): vLLM's server drops idle connections after VLLM_HTTP_TIMEOUT_KEEP_ALIVE (5 s). The
+# request did not reach the engine, so it goes once more, on a new connection; a refused one is not retried.
+_DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
 
 async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response | EngineProbe:
     try:
-        return await client.get(url, headers=headers)
+        try:
+            return await client.get(url, headers=headers)
+        except _DROPPED as dropped:
+            log.info("GET %s: %s: %s; asking again on a new connection", url, type(dropped).__name__, dropped)
+            return await client.get(url, headers=headers)
     except httpx.TimeoutException as e:
         return EngineProbe(EngineState.UNRESPONSIVE, f"GET {url}: timed out ({type(e).__name__})")
     except httpx.TransportError as e:

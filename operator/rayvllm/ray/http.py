@@ -41,12 +41,21 @@ def _snippet(response: httpx.Response, limit: int = 500) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
+KEEPALIVE_EXPIRY_SECONDS = 3.0
+
+
 def shared_client(timeout: float, max_connections: int) -> httpx.AsyncClient:
     """One client for every dashboard and engine the operator talks to: building a client (its TLS
-    context above all) costs milliseconds of CPU, which a pass per object per resync cannot afford."""
+    context above all) costs milliseconds of CPU, which a pass per object per resync cannot afford. Idle
+    connections are dropped before vLLM's server drops them (after VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s): a
+    request sent on one the server is closing fails without reaching it."""
     return httpx.AsyncClient(
         timeout=timeout,
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+        ),
     )
 
 
