@@ -1,5 +1,6 @@
 """How probe answers map to engine states. The answers are vLLM's documented ones, played by an httpx
-MockTransport (a dropped connection by a real server on 127.0.0.1); the real engine is probed by the e2e tier (tests/e2e/test_engine_supervision.py)."""
+MockTransport (a dropped connection: by a real server on 127.0.0.1); the real engine is probed by the e2e
+tier (tests/e2e/test_shared_engine.py)."""
 
 from __future__ import annotations
 
