@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator
 
-.PHONY: venv node-packages tools ray-env cluster-up cluster-down lint lint-static lint-rendered typecheck unit test day2 chaos \
+.PHONY: venv node-packages tools ray-env images cluster-up cluster-down lint lint-static lint-rendered typecheck unit test day2 chaos \
 	demo demo-down bench clean
 
 $(PY): pyproject.toml requirements.lock
@@ -29,6 +29,11 @@ tools: node-packages
 ## ray-env: build (or reuse) the Python venv with real Ray and vLLM (CPU build) for the e2e tier and demo
 ray-env:
 	bash hack/ray-env.sh
+
+## images: build (or reuse) the real node's images (Ray + vLLM, the operator, pause) into buildah's storage, no
+## cluster needed; cluster-up imports them (and builds whatever is still missing)
+images: venv node-packages ray-env
+	$(PY) -m hack.localcluster.images --build-only
 
 ## cluster-up: the local cluster (control plane, kwok's GPU nodes, a real node, images); last line `export KUBECONFIG=...`
 cluster-up: venv tools ray-env

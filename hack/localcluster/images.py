@@ -17,6 +17,7 @@ are `mmdebstrap --variant=minbase` rootfs tarballs of the machine's own apt sour
 buildah's storage (see `oci`), where they stay as cache. Every step logs its duration.
 
     python -m hack.localcluster.images --containerd-address SOCK [--only pause|ray|operator|redis] [--refs]
+    python -m hack.localcluster.images --build-only       # into buildah's storage only (`make images`)
 """
 
 from __future__ import annotations
@@ -274,21 +275,26 @@ def _build_redis(ref: str) -> None:
     _step(f"{ref}: checking redis-server as user 10003", lambda: oci.verify(ref, checks, "10003:10003"))
 
 
+def _built(ref: str, build: Callable[[str], None]) -> None:
+    """`ref` in buildah's storage: built unless it is there already."""
+    if oci.buildah_has(ref):
+        log(oci.COMPONENT, f"{ref}: cached in buildah's storage")
+        return
+    try:
+        _step(f"{ref}: build", lambda: build(ref))
+    except BaseException:
+        # A build that failed its checks has already committed its tag: never let that pass as cached.
+        oci.buildah("rmi", "--force", ref, check=False)
+        raise
+    oci.prune_other_tags(ref)
+
+
 def _ensure(ref: str, build: Callable[[str], None], address: Path) -> str:
     started = time.monotonic()
     if oci.containerd_has(address, ref):
         log(oci.COMPONENT, f"{ref}: already in containerd")
         return ref
-    if oci.buildah_has(ref):
-        log(oci.COMPONENT, f"{ref}: cached in buildah's storage")
-    else:
-        try:
-            _step(f"{ref}: build", lambda: build(ref))
-        except BaseException:
-            # A build that failed its checks has already committed its tag: never let that pass as cached.
-            oci.buildah("rmi", "--force", ref, check=False)
-            raise
-        oci.prune_other_tags(ref)
+    _built(ref, build)
     _step(f"{ref}: export to containerd", lambda: oci.export_to_containerd(ref, address))
     log(oci.COMPONENT, f"{ref}: ready in {time.monotonic() - started:.1f}s")
     return ref
@@ -319,6 +325,17 @@ def ensure_images(containerd_address: Path) -> Images:
     )
 
 
+def build_images() -> Images:
+    """Build what is missing into buildah's storage, without containerd (`make images`): the builds phase
+    runs it beside the Go builds of `make tools`, an image build being mostly disk I/O and theirs CPU; the
+    cluster's start then only exports them."""
+    images = refs()
+    _built(images.pause, _build_pause)
+    _built(images.ray, _build_ray)
+    _built(images.operator, _build_operator)
+    return images
+
+
 ENSURE: dict[str, Callable[[Path], str]] = {
     "pause": ensure_pause,
     "ray": ensure_ray,
@@ -334,9 +351,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--containerd-address", type=Path, help="containerd's gRPC socket")
     parser.add_argument("--only", choices=sorted(ENSURE), help="just this image")
     parser.add_argument("--refs", action="store_true", help="print the references (JSON) without building")
+    parser.add_argument(
+        "--build-only",
+        action="store_true",
+        help="build into buildah's storage, no containerd (`make images`)",
+    )
     args = parser.parse_args(argv)
     if args.refs:
         print(json.dumps({**asdict(refs()), "redis": redis_ref()}, indent=2))
+        return 0
+    if args.build_only:
+        started = time.monotonic()
+        print(json.dumps(asdict(build_images()), indent=2))
+        log(oci.COMPONENT, f"built (or found) in {time.monotonic() - started:.1f}s")
         return 0
     if args.containerd_address is None:
         parser.error("--containerd-address is required unless --refs")
