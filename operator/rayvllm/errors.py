@@ -59,6 +59,15 @@ class RayRequestRejectedError(PermanentError):
         self.status = status
 
 
+class AnswerTooLargeError(RayvllmError):
+    """A Ray dashboard or an engine answered more than the operator reads (settings.http_body_limit_bytes):
+    the answer was not read whole, and asking again would bring the same answer."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(f"{message} (RAYVLLM_HTTP_BODY_LIMIT_BYTES)")
+        self.limit = limit
+
+
 class MalformedResponseError(ValueError):
     """A Ray dashboard answer lacked a field its parser relies on."""
 

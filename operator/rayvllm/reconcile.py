@@ -78,7 +78,7 @@ from rayvllm.status import (
     differs_only_in_messages,
     unschedulable_problems,
 )
-from rayvllm.supervisor import EngineContext, Supervisor
+from rayvllm.supervisor import EngineContext, Slots, Supervisor
 from rayvllm.usage import summarize
 from rayvllm.workers import plan_workers
 
@@ -116,6 +116,9 @@ class Memory:
     """When this operator last wrote the object's status."""
     load_samples: dict[int, Sampled] = field(default_factory=dict)
     """Each ready engine's last load read, and when: the autoscaler averages over the time since."""
+    own_slots: asyncio.Semaphore | None = None
+    """This object's share of the operator's Ray and engine calls (settings.probe_concurrency_per_cluster),
+    made at its first pass: see supervisor.Slots."""
     scale_windows: Windows = field(default_factory=Windows)
     """The autoscaler's open window. In memory only: after an operator restart a window starts again, which
     only delays a step (never adds one), and keeping it in status would cost a write at every threshold
@@ -387,10 +390,11 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
     )
     ray = await _dashboard(p, io)
     p.dashboard_url = ray.base_url
+    slots = _slots(p, io)
     try:
-        async with io.limiter:
+        async with slots:
             healthy = await ray.gcs_healthy()
-        result = await Supervisor(ray, ctx, limiter=io.limiter, prober=io.prober).run(
+        result = await Supervisor(ray, ctx, limiter=slots, prober=io.prober).run(
             p.engines, may_submit=cluster_ready and healthy and not spec.suspend
         )
     except RayAuthError:
@@ -402,9 +406,7 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
             return
         # Engines that have served are asked themselves: a dashboard fault alone takes none out of the
         # Service (nor restarts one).
-        p.engines = await Supervisor(ray, ctx, limiter=io.limiter, prober=io.prober).probe_without_ray(
-            p.engines
-        )
+        p.engines = await Supervisor(ray, ctx, limiter=slots, prober=io.prober).probe_without_ray(p.engines)
         if any(answered_late(e) for e in p.engines):
             p.outcome.requeue_after = p.settings.starting_probe_seconds
         if cluster_ready:
@@ -576,6 +578,12 @@ async def reconcile(
     return p.outcome
 
 
+def _slots(p: Pass, io: Clients) -> Slots:
+    if p.memory.own_slots is None:
+        p.memory.own_slots = asyncio.Semaphore(p.settings.probe_concurrency_per_cluster)
+    return Slots(io.limiter, p.memory.own_slots)
+
+
 def dashboard_url(settings: Settings, namespace: str, name: str) -> str:
     return settings.dashboard_url_template.format(cluster=name, namespace=namespace)
 
@@ -659,7 +667,7 @@ async def finalize(
     )
     ray = await _dashboard(p, io)
     try:
-        running = await Supervisor(ray, ctx, limiter=io.limiter, prober=io.prober).stop_all(engines)
+        running = await Supervisor(ray, ctx, limiter=_slots(p, io), prober=io.prober).stop_all(engines)
     except RayError as unreachable:
         # The Ray cluster is gone or going (its pods are being deleted): its jobs go with it.
         events.append(

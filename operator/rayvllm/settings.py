@@ -39,6 +39,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Ray dashboard and engine HTTP calls in flight at once, across every VLLMCluster.",
     )
+    probe_concurrency_per_cluster: int = Field(
+        4,
+        ge=1,
+        description=(
+            "Of those, how many one VLLMCluster may hold at once: a head or engine that answers slowly (or a "
+            "byte at a time) only delays its own object's calls, never every other object's."
+        ),
+    )
     kube_connections: int = Field(
         16,
         ge=1,
@@ -54,7 +62,34 @@ class Settings(BaseSettings):
         description="Each resync waits resync_seconds times a random factor in [1-jitter, 1+jitter], so "
         "many objects do not supervise in lockstep.",
     )
-    http_timeout_seconds: float = Field(5.0, gt=0, description="Timeout of each Ray / engine HTTP call.")
+    http_timeout_seconds: float = Field(
+        5.0, gt=0, description="Timeout of each read, connect or write of a Ray / engine HTTP call."
+    )
+    http_deadline_seconds: float = Field(
+        20.0,
+        gt=0,
+        description=(
+            "The most one Ray dashboard or engine call may take in all, its retries and its whole answer "
+            "included: http_timeout_seconds bounds each read, so a server sending a byte every few seconds "
+            "would otherwise hold its slot forever."
+        ),
+    )
+    http_body_limit_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "The largest answer (JSON, /metrics, error text) read from a Ray dashboard or an engine; a larger "
+            "one is an error, never read whole into memory. Also the most read of a job log's tail."
+        ),
+    )
+    log_tail_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description=(
+            "How much of the end of an engine job's log is kept (status shows its last lines): the same cost "
+            "whether the log holds 1 KB or 2 GB."
+        ),
+    )
     unhealthy_grace_seconds: float = Field(
         30.0,
         ge=0,

@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, assert_never
+from types import TracebackType
+from typing import Any, Protocol, TypeVar, assert_never
 
 from rayvllm import API_GROUP
+from rayvllm.bounded import Bounds
 from rayvllm.engine.actions import Action, Drain, GiveUp, MarkReady, Restart, Retire, Submit, Unhealthy, Wait
 from rayvllm.engine.context import EngineContext
 from rayvllm.engine.decide import (
@@ -40,13 +43,13 @@ from rayvllm.engine.health import EngineProber, probe_engine
 from rayvllm.engine.job import EngineJobOptions, build_engine_job, ray_stop_wait_seconds
 from rayvllm.engine.probe import EngineProbe, LoadSample
 from rayvllm.engine.rollout import begin_replacements
-from rayvllm.errors import RayError
+from rayvllm.errors import RayError, RayRequestRejectedError
 from rayvllm.events import Event
 from rayvllm.models.rayapi import ClusterResources
 from rayvllm.models.status import EngineStatus
 from rayvllm.ray import JobInfo, RayDashboardClient
 
-__all__ = ["EngineContext", "EngineProbing", "SupervisionResult", "Supervisor"]
+__all__ = ["EngineContext", "EngineProbing", "Slots", "SupervisionResult", "Supervisor"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,14 +71,43 @@ class EngineProbing(Protocol):
 class _ProbePerCall:
     """The prober when the caller gives none: a client of its own per probe."""
 
-    def __init__(self, timeout: float) -> None:
-        self._timeout = timeout
+    def __init__(self, bounds: Bounds) -> None:
+        self._bounds = bounds
 
     async def probe(self, base_url: str, served_model_name: str, api_key: str | None = None) -> EngineProbe:
-        return await probe_engine(base_url, served_model_name, api_key=api_key, http_timeout=self._timeout)
+        return await probe_engine(base_url, served_model_name, api_key=api_key, bounds=self._bounds)
 
     async def load(self, base_url: str) -> LoadSample | None:
-        return await EngineProber(timeout=self._timeout).load(base_url)
+        return await EngineProber(bounds=self._bounds).load(base_url)
+
+
+class Slots:
+    """One VLLMCluster's share of the operator's Ray and engine calls: a place among its own (`own`, of
+    settings.probe_concurrency_per_cluster) first, then one among everyone's (`shared`, of
+    settings.probe_concurrency). An object whose head or engines answer a byte at a time holds at most its
+    own share of the shared places, however many calls it has waiting, so the other objects' calls go on.
+    Used as `async with slots:`, by any number of calls at once."""
+
+    def __init__(self, shared: asyncio.Semaphore, own: asyncio.Semaphore) -> None:
+        self._shared = shared
+        self._own = own
+
+    async def __aenter__(self) -> None:
+        await self._own.acquire()
+        try:
+            await self._shared.acquire()
+        except BaseException:
+            self._own.release()
+            raise
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._shared.release()
+        self._own.release()
+
+
+Limiter = AbstractAsyncContextManager[Any]
 
 
 @dataclass(frozen=True)
@@ -105,15 +137,15 @@ class Supervisor:
         self,
         ray: RayDashboardClient,
         ctx: EngineContext,
-        limiter: asyncio.Semaphore | None = None,
+        limiter: Limiter | None = None,
         prober: EngineProbing | None = None,
     ) -> None:
-        """`limiter` bounds the Ray and engine calls in flight across every VLLMCluster (the caller makes one
-        per process from settings.probe_concurrency); without one, this pass gets a bound of its own."""
+        """`limiter` bounds the Ray and engine calls in flight: the object's Slots (its share of the calls
+        across every VLLMCluster); without one, this pass gets a bound of its own."""
         self._ray = ray
         self._ctx = ctx
-        self._limiter = limiter or asyncio.Semaphore(ctx.settings.probe_concurrency)
-        self._prober = prober or _ProbePerCall(ctx.settings.http_timeout_seconds)
+        self._limiter = limiter or asyncio.Semaphore(ctx.settings.probe_concurrency_per_cluster)
+        self._prober = prober or _ProbePerCall(Bounds.of(ctx.settings))
         self._options = EngineJobOptions(
             host=ctx.settings.engine_bind_host,
             python=ctx.settings.engine_python,
@@ -227,8 +259,8 @@ class Supervisor:
         if url is not None:
             served = self._ctx.spec.model.served_name(self._ctx.ref.name)
             probe = await self._probe(record, url, served)
-        # After the probe: not for an engine found ready now. At most every LOG_LINE_REFRESH while it loads,
-        # for Ray answers the whole log each time.
+        # After the probe: not for an engine found ready now. At most every LOG_LINE_REFRESH while it loads:
+        # a bounded tail, but still a call to the dashboard and one to the node's agent.
         logs = await self._logs(sid) if logs_due(record, job, probe, self._ctx) else None
         return Observed(job, probe, logs)
 
@@ -307,10 +339,11 @@ class Supervisor:
 
     async def _logs(self, sid: str) -> str | None:
         """Logs only explain a failure or a load: without them the failure is still recorded (and a loading
-        engine's log is read again at the next pass)."""
+        engine's log is read again at the next pass). The state API refuses some reads with a 4xx (its
+        concurrency limit answers 429): those are only a log missing, too."""
         try:
             return await self._limited(lambda: self._ray.logs(sid))
-        except RayError:
+        except (RayError, RayRequestRejectedError):
             return None
 
     async def _limited(self, call: Callable[[], Awaitable[T]]) -> T:

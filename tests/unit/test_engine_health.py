@@ -10,6 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from rayvllm.bounded import Bounds
 from rayvllm.engine.health import probe_engine
 from rayvllm.engine.probe import EngineProbe, EngineState
 
@@ -89,7 +90,7 @@ def test_real_refused_port_without_a_client() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        result = asyncio.run(probe_engine(f"http://127.0.0.1:{port}", "tiny", http_timeout=2))
+        result = asyncio.run(probe_engine(f"http://127.0.0.1:{port}", "tiny", bounds=Bounds(timeout=2)))
     assert result.state is EngineState.STARTING
 
 

@@ -2,7 +2,8 @@
 
 A RUNNING Ray job only means the process started; loading a model takes minutes. vLLM answers
 /health 200 once the engine is up and 503 once the engine core has died; before the server binds its
-port, connections are refused. /health is never behind the API key; /v1/* is.
+port, connections are refused. /health is never behind the API key; /v1/* is. Every call is bounded
+(rayvllm.bounded): an engine runs the tenant's image, and may answer slowly or without end.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from rayvllm.bounded import Answer, Bounds, exchange, fetch, within
 from rayvllm.engine.canary import (
     CanaryAnswer,
     CanaryOutcome,
@@ -27,6 +30,7 @@ from rayvllm.engine.canary import (
 from rayvllm.engine.probe import EngineProbe as EngineProbe
 from rayvllm.engine.probe import EngineState as EngineState
 from rayvllm.engine.probe import LoadSample
+from rayvllm.errors import AnswerTooLargeError
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +40,26 @@ log = logging.getLogger(__name__)
 _DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
-async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response | EngineProbe:
+async def _get(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], bounds: Bounds
+) -> Answer | EngineProbe:
     try:
-        try:
-            return await client.get(url, headers=headers)
-        except _DROPPED as dropped:
-            log.info("GET %s: %s: %s; asking again on a new connection", url, type(dropped).__name__, dropped)
-            return await client.get(url, headers=headers)
+        # One deadline for both tries: the call, not each request, is bounded.
+        async with within(bounds.deadline, f"GET {url}"):
+            try:
+                return await exchange(client, "GET", url, bounds, headers=headers)
+            except _DROPPED as dropped:
+                log.info(
+                    "GET %s: %s: %s; asking again on a new connection", url, type(dropped).__name__, dropped
+                )
+                return await exchange(client, "GET", url, bounds, headers=headers)
     except httpx.TimeoutException as e:
         return EngineProbe(EngineState.UNRESPONSIVE, f"GET {url}: timed out ({type(e).__name__})")
     except httpx.TransportError as e:
         return EngineProbe(EngineState.STARTING, f"GET {url}: {type(e).__name__}: {e}")
+    except AnswerTooLargeError as e:
+        # No vLLM answers /health or /v1/models with megabytes: whatever does is not a healthy engine.
+        return EngineProbe(EngineState.UNHEALTHY, str(e))
 
 
 async def probe_engine(
@@ -54,23 +67,23 @@ async def probe_engine(
     served_model_name: str,
     *,
     api_key: str | None = None,
-    http_timeout: float = 5.0,
+    bounds: Bounds | None = None,
     client: httpx.AsyncClient | None = None,
 ) -> EngineProbe:
     """One probe of the engine at `base_url` (e.g. http://10.0.0.7:8000). Never raises for the
-    engine's answers or silence: every outcome is an EngineState. `http_timeout` applies to each
-    request when no `client` is given (a given client brings its own)."""
+    engine's answers or silence: every outcome is an EngineState. Each request keeps to `bounds`."""
+    bounds = bounds or Bounds()
     owned = client is None
-    http = client or httpx.AsyncClient(timeout=http_timeout)
+    http = client or httpx.AsyncClient(timeout=bounds.timeout)
     base = base_url.rstrip("/")
     try:
-        health = await _get(http, f"{base}/health", {})
+        health = await _get(http, f"{base}/health", {}, bounds)
         if isinstance(health, EngineProbe):
             return health
         if health.status_code != 200:
             return EngineProbe(EngineState.UNHEALTHY, f"GET {base}/health: HTTP {health.status_code}")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        models = await _get(http, f"{base}/v1/models", headers)
+        models = await _get(http, f"{base}/v1/models", headers, bounds)
         if isinstance(models, EngineProbe):
             return models
         if models.status_code in (401, 403):
@@ -90,7 +103,7 @@ async def probe_engine(
             await http.aclose()
 
 
-def _model_ids(response: httpx.Response) -> tuple[str, ...]:
+def _model_ids(response: Answer) -> tuple[str, ...]:
     try:
         data = response.json().get("data", [])
     except (ValueError, AttributeError):
@@ -137,22 +150,22 @@ def requests_in_flight(metrics_text: str) -> LoadSample | None:
     return LoadSample(sum(sums[name] for name in LOAD_GAUGES), sums[LATENCY_SUM])
 
 
-async def _read_metrics(client: httpx.AsyncClient, base_url: str, http_timeout: float) -> str | None:
-    """vLLM's /metrics (not behind the API key), or None when it does not answer 200."""
+async def _read_metrics(client: httpx.AsyncClient, base_url: str, bounds: Bounds) -> str | None:
+    """vLLM's /metrics (not behind the API key), or None when it does not answer 200 within `bounds`."""
     try:
-        response = await client.get(f"{base_url.rstrip('/')}/metrics", timeout=http_timeout)
-    except httpx.HTTPError:
+        response = await fetch(client, "GET", f"{base_url.rstrip('/')}/metrics", bounds)
+    except (httpx.HTTPError, AnswerTooLargeError):
         return None
     return response.text if response.status_code == 200 else None
 
 
-async def read_progress(client: httpx.AsyncClient, base_url: str, http_timeout: float) -> float | None:
-    text = await _read_metrics(client, base_url, http_timeout)
+async def read_progress(client: httpx.AsyncClient, base_url: str, bounds: Bounds) -> float | None:
+    text = await _read_metrics(client, base_url, bounds)
     return None if text is None else progress_tokens(text)
 
 
-async def read_load(client: httpx.AsyncClient, base_url: str, http_timeout: float) -> LoadSample | None:
-    text = await _read_metrics(client, base_url, http_timeout)
+async def read_load(client: httpx.AsyncClient, base_url: str, bounds: Bounds) -> LoadSample | None:
+    text = await _read_metrics(client, base_url, bounds)
     return None if text is None else requests_in_flight(text)
 
 
@@ -162,33 +175,31 @@ async def canary_completion(
     served_model_name: str,
     api_key: str | None,
     canary_timeout: float,
+    bounds: Bounds | None = None,
 ) -> CanaryAnswer:
-    """One completion of one token (`max_tokens: 1`), bounded by `canary_timeout`, with the engine's token counters
-    read before and after it."""
+    """One completion of one token (`max_tokens: 1`), bounded by `canary_timeout` (each of its calls, answer
+    included), with the engine's token counters read before and after it."""
+    bounds = replace(bounds or Bounds(), timeout=canary_timeout, deadline=canary_timeout)
     base = base_url.rstrip("/")
-    before = await read_progress(client, base, canary_timeout)
+    before = await read_progress(client, base, bounds)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     body = {"model": served_model_name, "prompt": "Hi", "max_tokens": 1, "temperature": 0}
     try:
-        response = await client.post(
-            f"{base}/v1/completions", json=body, headers=headers, timeout=canary_timeout
-        )
+        response = await fetch(client, "POST", f"{base}/v1/completions", bounds, json=body, headers=headers)
     except httpx.TimeoutException:
-        after = await read_progress(client, base, canary_timeout)
+        after = await read_progress(client, base, bounds)
         return CanaryAnswer(CanaryOutcome.TIMED_OUT, f"timed out after {canary_timeout:.0f}s", before, after)
-    except httpx.TransportError as e:
+    except (httpx.TransportError, AnswerTooLargeError) as e:
         return CanaryAnswer(CanaryOutcome.FAILED, f"{type(e).__name__}: {e}", before, None)
     if response.status_code != 200:
         detail = f"HTTP {response.status_code}: {response.text.strip()[-300:]}"
-        return CanaryAnswer(
-            CanaryOutcome.FAILED, detail, before, await read_progress(client, base, canary_timeout)
-        )
+        return CanaryAnswer(CanaryOutcome.FAILED, detail, before, await read_progress(client, base, bounds))
     return CanaryAnswer(CanaryOutcome.ANSWERED, "answered", before, None)
 
 
 class EngineProber:
-    """Probes engines over one shared HTTP client (the operator's connection pool), each call bounded by
-    `timeout` seconds, and runs each healthy engine's canary completion every `canary_interval` seconds
+    """Probes engines over one shared HTTP client (the operator's connection pool), each call within
+    `bounds`, and runs each healthy engine's canary completion every `canary_interval` seconds
     (0: never) within `canary_timeout` (engine.canary). Canary records live here, in the operator's memory:
     after an operator restart the clock starts again at each engine's first healthy probe."""
 
@@ -198,14 +209,14 @@ class EngineProber:
     def __init__(
         self,
         client: httpx.AsyncClient | None = None,
-        timeout: float = 5.0,
+        bounds: Bounds | None = None,
         *,
         canary_interval: float = 0.0,
         canary_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
-        self._timeout = timeout
+        self._bounds = bounds or Bounds()
         self._canary_interval = canary_interval
         self._canary_timeout = canary_timeout
         self._clock = clock
@@ -214,7 +225,7 @@ class EngineProber:
 
     async def probe(self, base_url: str, served_model_name: str, api_key: str | None = None) -> EngineProbe:
         probe = await probe_engine(
-            base_url, served_model_name, api_key=api_key, http_timeout=self._timeout, client=self._client
+            base_url, served_model_name, api_key=api_key, bounds=self._bounds, client=self._client
         )
         if not probe.ready or self._canary_interval <= 0:
             return probe
@@ -223,9 +234,9 @@ class EngineProber:
     async def load(self, base_url: str) -> LoadSample | None:
         """The engine's load, from its /metrics (None: it did not say)."""
         if self._client is None:
-            async with httpx.AsyncClient(timeout=self._timeout) as client:
-                return await read_load(client, base_url, self._timeout)
-        return await read_load(self._client, base_url, self._timeout)
+            async with httpx.AsyncClient(timeout=self._bounds.timeout) as client:
+                return await read_load(client, base_url, self._bounds)
+        return await read_load(self._client, base_url, self._bounds)
 
     async def _with_canary(
         self, probe: EngineProbe, base_url: str, served_model_name: str, api_key: str | None
@@ -239,13 +250,13 @@ class EngineProber:
         if not canary_due(last, now, self._canary_interval):
             return probe
         if self._client is None:
-            async with httpx.AsyncClient(timeout=self._timeout) as client:
+            async with httpx.AsyncClient(timeout=self._bounds.timeout) as client:
                 answer = await canary_completion(
-                    client, base_url, served_model_name, api_key, self._canary_timeout
+                    client, base_url, served_model_name, api_key, self._canary_timeout, self._bounds
                 )
         else:
             answer = await canary_completion(
-                self._client, base_url, served_model_name, api_key, self._canary_timeout
+                self._client, base_url, served_model_name, api_key, self._canary_timeout, self._bounds
             )
         verdict = judge_canary(answer)
         self._canaries[key] = CanaryRecord(at=self._clock(), passed=verdict is None)

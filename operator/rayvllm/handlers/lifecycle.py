@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from rayvllm import API_GROUP, metrics
+from rayvllm.bounded import Bounds
 from rayvllm.engine.health import EngineProber
 from rayvllm.k8s.api import connect
 from rayvllm.k8s.resources import Kubernetes
@@ -60,10 +61,10 @@ async def configure(
     )
     memo.clients = Clients(
         kube=Kubernetes(api, s.field_manager),
-        dashboards=Dashboards(http, s.http_timeout_seconds),
+        dashboards=Dashboards(http, Bounds.of(s)),
         prober=EngineProber(
             http,
-            s.http_timeout_seconds,
+            Bounds.of(s),
             canary_interval=s.canary_interval_seconds,
             canary_timeout=s.canary_timeout_seconds,
         ),

@@ -2,8 +2,9 @@
 cluster's resources. Pure HTTP (httpx): the operator image does not need the `ray` package.
 
 Endpoints (Ray 2.60, ray/dashboard/modules/job/job_head.py): POST /api/jobs/, GET /api/jobs/,
-GET|DELETE /api/jobs/{id}, POST /api/jobs/{id}/stop, GET /api/jobs/{id}/logs, GET /api/gcs_healthz,
-GET /api/version; resources from GET /api/v0/nodes and GET /api/cluster_status (see resources.py).
+GET|DELETE /api/jobs/{id}, POST /api/jobs/{id}/stop, GET /api/gcs_healthz, GET /api/version; a job log's
+end from the state API's GET /api/v0/logs/file (ray/dashboard/modules/state/state_head.py); resources from
+GET /api/v0/nodes and GET /api/cluster_status (see resources.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
+from rayvllm.bounded import Bounds
 from rayvllm.errors import MalformedResponseError, RayError, RayRequestRejectedError
 from rayvllm.models.rayapi import ClusterResources, JobInfo, JobSubmitRequest
 from rayvllm.ray.http import DashboardHTTP, RetryPolicy, decode_json
@@ -32,6 +34,9 @@ DUPLICATE_SUBMISSION_MARKER = "Please use a different submission_id"
 NOT_TERMINAL_MARKER = "non-terminal state"
 # The state API truncates lists at 100 by default; a cluster never has this many nodes.
 NODE_LIST_LIMIT = "10000"
+# Lines of a job log's end asked for: more than status shows (engine.failure keeps 20), so that blank lines
+# and progress bars between them still leave enough; the byte cap (Bounds.tail_bytes) bounds them anyway.
+LOG_TAIL_LINES = 100
 
 
 @dataclass(frozen=True)
@@ -64,12 +69,19 @@ class RayDashboardClient:
         *,
         token: str | None = None,
         timeout: float = 5.0,
+        bounds: Bounds | None = None,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
+        """`bounds` limit every call (without: the defaults, with `timeout` per read)."""
         self._http = DashboardHTTP(
-            base_url, token=token, timeout=timeout, retry=retry, transport=transport, client=client
+            base_url,
+            token=token,
+            bounds=bounds or Bounds(timeout=timeout),
+            retry=retry,
+            transport=transport,
+            client=client,
         )
 
     @property
@@ -134,17 +146,31 @@ class RayDashboardClient:
         ]
 
     async def logs(self, submission_id: str) -> str | None:
-        """The entrypoint's stdout+stderr so far (the whole log: Ray has no tail over REST), or None if
-        the job is unknown."""
-        path = f"{_job_path(submission_id)}/logs"
-        response = await self._http.request("GET", path, allow=frozenset({404}))
-        if response.status_code == 404:
+        """The end of the entrypoint's stdout+stderr: its last LOG_TAIL_LINES lines, of which at most
+        Bounds.tail_bytes are kept (whole lines); "" before the job has a driver; None if the job is unknown.
+
+        Not GET /api/jobs/{id}/logs: in Ray 2.60 its agent reads the whole file and answers it as one JSON
+        string, so a long-lived engine's log costs its size on both sides. The state API's log route seeks
+        back from the end of the driver's log file on its node and streams only the lines asked for; it needs
+        the driver's node id (GetLogOptions), which the job record has. Not retried: a log only explains."""
+        job = await self.get(submission_id)
+        if job is None:
             return None
-        answer = decode_json(response)
-        logs = answer.get("logs") if isinstance(answer, dict) else None
-        if not isinstance(logs, str):
-            raise RayError(f"GET {path}: answer has no 'logs' string")
-        return logs
+        if job.driver_node_id is None:
+            return ""
+        params = {
+            "submission_id": submission_id,
+            "node_id": job.driver_node_id,
+            "lines": str(LOG_TAIL_LINES),
+            # Ray's own RPC timeout to the node's agent, in whole seconds: not past this call's deadline.
+            "timeout": str(max(1, int(self._http.bounds.deadline))),
+        }
+        answer = await self._http.request("GET", "/api/v0/logs/file", params=params, retry=False, tail=True)
+        text = answer.text
+        # Where the answer was cut it is mid-line (mid-character even, hence "replace" in Answer.text): those
+        # parts are dropped, so status shows whole lines only.
+        text = text.split("\n", 1)[-1] if answer.truncated else text
+        return text if answer.ended else text.rpartition("\n")[0] + "\n"
 
     async def stop(self, submission_id: str) -> bool:
         """Ask Ray to stop the job: SIGTERM to the entrypoint's process group, SIGKILL after
@@ -209,11 +235,11 @@ class RayDashboardClient:
 
 
 class Dashboards:
-    """Makes the client of each RayCluster's dashboard; all share one HTTP connection pool."""
+    """Makes the client of each RayCluster's dashboard; all share one HTTP connection pool and `bounds`."""
 
-    def __init__(self, http: httpx.AsyncClient, timeout: float) -> None:
+    def __init__(self, http: httpx.AsyncClient, bounds: Bounds) -> None:
         self.http = http
-        self._timeout = timeout
+        self._bounds = bounds
 
     def client(self, base_url: str, token: str | None) -> RayDashboardClient:
-        return RayDashboardClient(base_url, token=token, timeout=self._timeout, client=self.http)
+        return RayDashboardClient(base_url, token=token, bounds=self._bounds, client=self.http)

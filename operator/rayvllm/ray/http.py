@@ -1,5 +1,6 @@
-"""One HTTP exchange with a Ray dashboard: auth header, timeout, bounded retries with backoff, and
-every failure turned into the project's error types. Knows nothing about jobs."""
+"""One HTTP exchange with a Ray dashboard: auth header, bounded retries with backoff, all of them within one
+deadline and every answer read within a cap (rayvllm.bounded), and every failure turned into the
+project's error types. Knows nothing about jobs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from rayvllm.errors import RayAuthError, RayError, RayRequestRejectedError
+from rayvllm.bounded import Answer, Bounds, DeadlineExceeded, exchange, within
+from rayvllm.errors import AnswerTooLargeError, RayAuthError, RayError, RayRequestRejectedError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class RetryPolicy:
         return float(min(self.backoff_seconds * 2 ** (attempt - 1), self.max_backoff_seconds))
 
 
-def _snippet(response: httpx.Response, limit: int = 500) -> str:
+def _snippet(response: Answer, limit: int = 500) -> str:
     """The end of the body: Ray answers errors with a Python traceback whose last line says why."""
     text = response.text.strip()
     return text if len(text) <= limit else "..." + text[-limit:]
@@ -61,14 +63,14 @@ def shared_client(timeout: float, max_connections: int) -> httpx.AsyncClient:
 
 class DashboardHTTP:
     """Requests to one dashboard, over a client of its own (closed by `aclose`) or a shared one (left
-    open: its owner closes it)."""
+    open: its owner closes it), each within `bounds`."""
 
     def __init__(
         self,
         base_url: str,
         *,
         token: str | None = None,
-        timeout: float = 5.0,
+        bounds: Bounds | None = None,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         client: httpx.AsyncClient | None = None,
@@ -76,9 +78,9 @@ class DashboardHTTP:
         self._headers = {AUTH_HEADER: f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
-        self._timeout = timeout
+        self.bounds = bounds or Bounds()
         self._owned = client is None
-        self._client = client or httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._client = client or httpx.AsyncClient(timeout=self.bounds.timeout, transport=transport)
 
     async def aclose(self) -> None:
         if self._owned:
@@ -92,52 +94,69 @@ class DashboardHTTP:
         json: Any = None,
         params: dict[str, str] | None = None,
         allow: frozenset[int] = frozenset(),
-        final: Callable[[httpx.Response], bool] | None = None,
+        final: Callable[[Answer], bool] | None = None,
         retry: bool = True,
-    ) -> httpx.Response:
-        """The response if it is 2xx or its status is in `allow`; otherwise raises.
+        tail: bool = False,
+    ) -> Answer:
+        """The answer if it is 2xx or its status is in `allow`; otherwise raises. Every attempt, backoff
+        and body read fits in bounds.deadline; `tail` keeps only the end of the answer (a log).
 
-        A 5xx for which `final(response)` is true is returned instead of retried (the caller knows what
+        A 5xx for which `final(answer)` is true is returned instead of retried (the caller knows what
         it means, e.g. a duplicate submission id). Raises RayAuthError on 401/403, RayRequestRejectedError on
-        other 4xx, RayError once retries on transport errors and RETRY_STATUSES are spent."""
+        other 4xx, RayError once retries on transport errors and RETRY_STATUSES are spent, the deadline
+        passed or the answer is over the cap."""
         what = f"{method} {self.base_url}{path}"
         attempts = self.retry.attempts if retry else 1
         last = ""
-        for attempt in range(1, attempts + 1):
-            try:
-                response = await self._client.request(
-                    method,
-                    self.base_url + path,
-                    json=json,
-                    params=params,
-                    headers=self._headers,
-                    timeout=self._timeout,
-                )
-            except httpx.TimeoutException as e:
-                last = f"timed out ({type(e).__name__})"
-            except httpx.TransportError as e:
-                last = f"unreachable ({type(e).__name__}: {e})"
-            else:
-                status = response.status_code
-                if 200 <= status < 300 or status in allow:
-                    return response
-                if status in (401, 403):
-                    raise RayAuthError(
-                        f"{what}: HTTP {status} {_snippet(response)} "
-                        "(token auth: check the X-Ray-Authorization token)"
-                    )
-                if status in RETRY_STATUSES:
-                    if final is not None and final(response):
-                        return response
-                    last = f"HTTP {status}: {_snippet(response)}"
-                else:
-                    raise RayRequestRejectedError(f"{what}: HTTP {status}: {_snippet(response)}", status)
-            if attempt < attempts:
-                delay = self.retry.delay(attempt)
-                log.debug(
-                    "%s failed (attempt %d/%d): %s; retrying in %.1fs", what, attempt, attempts, last, delay
-                )
-                await asyncio.sleep(delay)
+        try:
+            async with within(self.bounds.deadline, what):
+                for attempt in range(1, attempts + 1):
+                    try:
+                        response = await exchange(
+                            self._client,
+                            method,
+                            self.base_url + path,
+                            self.bounds,
+                            json=json,
+                            params=params,
+                            headers=self._headers,
+                            tail=tail,
+                        )
+                    except httpx.TimeoutException as e:
+                        last = f"timed out ({type(e).__name__})"
+                    except httpx.TransportError as e:
+                        last = f"unreachable ({type(e).__name__}: {e})"
+                    else:
+                        status = response.status_code
+                        if 200 <= status < 300 or status in allow:
+                            return response
+                        if status in (401, 403):
+                            raise RayAuthError(
+                                f"{what}: HTTP {status} {_snippet(response)} "
+                                "(token auth: check the X-Ray-Authorization token)"
+                            )
+                        if status not in RETRY_STATUSES:
+                            raise RayRequestRejectedError(
+                                f"{what}: HTTP {status}: {_snippet(response)}", status
+                            )
+                        if final is not None and final(response):
+                            return response
+                        last = f"HTTP {status}: {_snippet(response)}"
+                    if attempt < attempts:
+                        delay = self.retry.delay(attempt)
+                        log.debug(
+                            "%s failed (attempt %d/%d): %s; retrying in %.1fs",
+                            what,
+                            attempt,
+                            attempts,
+                            last,
+                            delay,
+                        )
+                        await asyncio.sleep(delay)
+        except DeadlineExceeded as e:
+            raise RayError(f"{e} (RAYVLLM_HTTP_DEADLINE_SECONDS){'; before: ' + last if last else ''}") from e
+        except AnswerTooLargeError as e:
+            raise RayError(str(e)) from e
         raise RayError(f"{what}: {last}")
 
     async def get_json(self, path: str, *, params: dict[str, str] | None = None) -> Any:
@@ -145,11 +164,11 @@ class DashboardHTTP:
         return decode_json(response)
 
 
-def decode_json(response: httpx.Response) -> Any:
+def decode_json(response: Answer) -> Any:
     try:
         return response.json()
     except ValueError as e:
         raise RayError(
-            f"{response.request.method} {response.request.url}: HTTP {response.status_code} "
+            f"{response.method} {response.url}: HTTP {response.status_code} "
             f"answer is not JSON: {_snippet(response, 200)}"
         ) from e
