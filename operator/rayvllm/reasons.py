@@ -29,6 +29,7 @@ class Reason(StrEnum):
     SECRET_NOT_FOUND = "SecretNotFound"
     WORKER_UNSCHEDULABLE = "WorkerUnschedulable"
     RAY_DASHBOARD_UNREACHABLE = "RayDashboardUnreachable"
+    ENGINE_ADDRESS_NOT_OWN_POD = "EngineAddressNotOwnPod"
     CHILD_REJECTED = "ChildRejected"
     # Progressing during a rolling upgrade (upgradeStrategy RollingReplicas), one reason per step.
     ROLLING_SURGE = "RollingSurge"

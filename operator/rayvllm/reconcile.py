@@ -425,6 +425,16 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
     finally:
         await ray.aclose()
     p.memory.dashboard_failures = 0
+    if result.foreign_addresses:
+        where = ", ".join(
+            f"engine {index} at {host}" for index, host in sorted(result.foreign_addresses.items())
+        )
+        p.problems.append(
+            Problem(
+                Reason.ENGINE_ADDRESS_NOT_OWN_POD,
+                f"Ray dashboard {ray.base_url} reports {where}, none of this VLLMCluster's pods: not probed",
+            )
+        )
     p.ray_resources = None if result.resources is None else summarize(result.resources)
     p.engines = result.engines
     p.loads = result.loads

@@ -25,6 +25,7 @@ from rayvllm.engine.decide import (
     Observed,
     decide,
     engine_base_url,
+    foreign_address,
     free_engine_slots,
     job_end_overdue,
     judge_without_ray,
@@ -124,6 +125,9 @@ class SupervisionResult:
     loads: dict[int, LoadSample | None] = field(default_factory=dict)
     """With spec.autoscaling: requests running + waiting of each engine this pass found ready, by index
     (None: its /metrics did not say). Empty without autoscaling: /metrics is then not read."""
+    foreign_addresses: dict[int, str] = field(default_factory=dict)
+    """Engines, by index, that Ray reports on a host that is none of the object's pods (decide.foreign_address):
+    not probed, to be reported."""
 
 
 @dataclass
@@ -183,6 +187,9 @@ class Supervisor:
             resources = await self._limited(self._ray.cluster_resources)
             free_slots = free_engine_slots(resources, ctx.spec)
         observed = await self._observe_all([record for record in records if watched(record, ctx)])
+        foreign = {
+            index: host for index, seen in observed.items() if (host := foreign_address(seen.job, ctx))
+        }
         engines: list[EngineStatus] = []
         for action in plan_replicas(records, observed, ctx, may_submit=may_submit, free_slots=free_slots):
             kept = await self._carry_out(action, tally)
@@ -195,6 +202,7 @@ class Supervisor:
             resources=resources,
             requeue_after=requeue_after(engines, ctx),
             loads=await self._loads(engines),
+            foreign_addresses=foreign,
         )
 
     async def probe_without_ray(self, previous: Sequence[EngineStatus]) -> list[EngineStatus]:

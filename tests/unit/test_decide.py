@@ -33,6 +33,7 @@ from rayvllm.engine.decide import (
     answered_late,
     decide,
     engine_base_url,
+    foreign_address,
     free_engine_slots,
     judge_without_ray,
     leaving_records,
@@ -695,6 +696,31 @@ def test_probe_address() -> None:
         REF, CTX.spec, SETTINGS.model_copy(update={"engine_host_override": "127.0.0.1"}), NOW
     )
     assert probe_address(job("RUNNING", ip=None), outside) == "http://127.0.0.1:8000"
+
+
+FORGED_IP = "169.254.169.254"  # e.g. a cloud metadata service, which the operator's pod may reach
+
+
+def test_an_address_that_is_none_of_the_object_s_pods_is_never_probed_and_is_named() -> None:
+    forged = job("RUNNING", ip=FORGED_IP)
+    assert probe_address(forged, CTX) is None
+    assert foreign_address(forged, CTX) == FORGED_IP
+    assert foreign_address(job("RUNNING"), CTX) is None
+    assert foreign_address(job("PENDING", ip=FORGED_IP), CTX) is None
+    action = decide(submitted(0, job_status="RUNNING"), forged, None, CTX, may_submit=True, slot_free=True)
+    assert isinstance(action, Wait) and action.why is Waiting.FOREIGN_ADDRESS
+    # An administrator's override is trusted: the operator then runs outside the cluster network.
+    outside = EngineContext(
+        REF, CTX.spec, SETTINGS.model_copy(update={"engine_host_override": "127.0.0.1"}), NOW
+    )
+    assert foreign_address(forged, outside) is None
+
+
+def test_a_serving_engine_s_last_address_is_asked_only_while_it_is_still_one_of_the_pods() -> None:
+    assert engine_base_url(serving(), CTX) == f"http://{POD_IP}:8000"
+    # The pod went (its IP may now be another namespace's pod's), or an older status held a forged address.
+    assert engine_base_url(serving(), EngineContext(REF, CTX.spec, SETTINGS, NOW)) is None
+    assert engine_base_url(serving(url=f"http://{FORGED_IP}:8000/v1"), CTX) is None
 
 
 # ---- slots across replicas ---------------------------------------------------------------------------

@@ -59,6 +59,7 @@ def make_spec(
 
 
 def make_ctx(spec: VLLMClusterSpec | None = None, **flags: Any) -> EngineContext:
+    flags.setdefault("pod_by_ip", {"10.0.0.7": "p0"})  # where job() runs: one of the object's pods
     return EngineContext(REF, spec or make_spec(), SETTINGS, NOW, **flags)
 
 

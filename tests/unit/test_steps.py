@@ -11,12 +11,15 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
+import httpx
 import pytest
 
+from rayvllm.bounded import Bounds
 from rayvllm.builders import build_ray_cluster, build_service
 from rayvllm.builders.labels import SERVING_LABEL, SPEC_HASH_ANNOTATION
 from rayvllm.drift import holds, needs_apply
 from rayvllm.engine.fingerprint import engine_config_hash
+from rayvllm.engine.health import EngineProber
 from rayvllm.engine.probe import EngineProbe, EngineState, LoadSample
 from rayvllm.errors import KubernetesRejectedError, RayError
 from rayvllm.identity import ClusterRef
@@ -480,7 +483,8 @@ def pass_with_dashboard_fault(ray: FailingDashboard, engine: Engine) -> Pass:
     """One supervision pass over a ready RayCluster whose one engine has been serving."""
     body = {"metadata": {"namespace": "team", "name": "llama", "uid": "uid-1", "generation": 1}}
     memory = Memory(ray_token="token", ray_token_of="rc-uid")  # the token is known: no Secret read
-    p = Pass(ClusterRef.of(body), body, Settings(resync_seconds=2), T0, Children(), memory, None, spec=SPEC)
+    children = Children(pods=(pod_view(pod(SERVING_POD, serving=True, ip="10.88.0.7")),))
+    p = Pass(ClusterRef.of(body), body, Settings(resync_seconds=2), T0, children, memory, None, spec=SPEC)
     p.ray_cluster = {"metadata": {"name": "llama", "uid": "rc-uid"}}
     p.pods = PodCounts(head_ready=True, ready_workers=SPEC.desired_workers)
     p.engines = [SERVING_ENGINE]
@@ -530,3 +534,103 @@ def test_with_the_dashboard_failing_an_engine_that_stops_answering_leaves_the_se
     assert {f: getattr(engine, f) for f in kept} == {f: getattr(SERVING_ENGINE, f) for f in kept}
     # Its unhealthy grace starts now: once Ray answers it is judged as once ready (decide.judge_without_ray).
     assert engine.unhealthy_since == T0
+
+
+# ---- an engine address from the dashboard is dialled only when it is one of the object's pods ----------
+
+
+class AnsweringDashboard:
+    """A Ray dashboard that says the engine's job runs on `driver_ip`: the tenant's head may say anything."""
+
+    base_url = "http://10.88.0.1:41000"
+
+    def __init__(self, driver_ip: str) -> None:
+        self.driver_ip = driver_ip
+
+    async def gcs_healthy(self) -> bool:
+        return True
+
+    async def cluster_resources(self) -> ClusterResources:
+        return ClusterResources(nodes=())
+
+    async def get(self, submission_id: str) -> JobInfo:
+        return JobInfo(
+            submission_id=submission_id,
+            status="RUNNING",
+            driver_agent_http_address=f"http://{self.driver_ip}:52365",
+            driver_node_id="node-1",
+        )
+
+    async def logs(self, submission_id: str) -> str:
+        return "INFO loading\n"
+
+    async def aclose(self) -> None:
+        pass
+
+
+def pass_with_engine_on(driver_ip: str, pod_ip: str) -> tuple[Pass, int]:
+    """One supervision pass of a loading engine that the dashboard reports on `driver_ip`, the object's one
+    worker pod having `pod_ip`; the engine's port is a real listener on 127.0.0.1, probed by the operator's
+    real prober. Returns the pass and how many connections the listener got."""
+    connections = 0
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    async def run() -> Pass:
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        spec = parse_spec(
+            {"model": {"source": "hf://org/model"}, "ray": {"image": "img"}, "engine": {"port": port}}
+        )
+        body = {"metadata": {"namespace": "team", "name": "llama", "uid": "uid-1", "generation": 1}}
+        children = Children(pods=(pod_view(pod(SERVING_POD, ip=pod_ip)),))
+        memory = Memory(ray_token="token", ray_token_of="rc-uid")
+        settings = Settings(resync_seconds=2, engine_host_override=None)
+        p = Pass(ClusterRef.of(body), body, settings, T0, children, memory, None, spec=spec)
+        p.ray_cluster = {"metadata": {"name": "llama", "uid": "rc-uid"}}
+        p.pods = PodCounts(head_ready=True, ready_workers=spec.desired_workers)
+        p.engines = [
+            SERVING_ENGINE.model_copy(
+                update={
+                    "config_hash": engine_config_hash(spec),
+                    "ready": False,
+                    "url": None,
+                    "load_seconds": None,
+                }
+            )
+        ]
+        async with httpx.AsyncClient() as http:
+            io = SimpleNamespace(
+                dashboards=SimpleNamespace(client=lambda url, token: AnsweringDashboard(driver_ip)),
+                prober=EngineProber(http, Bounds(timeout=1, deadline=2)),
+                limiter=asyncio.Semaphore(4),
+            )
+            await supervise_engines(p, cast(Clients, io))
+        server.close()
+        await server.wait_closed()
+        return p
+
+    p = asyncio.run(run())
+    return p, connections
+
+
+def test_an_engine_address_outside_the_object_s_pods_is_reported_and_never_dialled() -> None:
+    # The listener is at 127.0.0.1, which is none of the object's pods (its one pod is 10.88.0.7).
+    p, connections = pass_with_engine_on("127.0.0.1", pod_ip="10.88.0.7")
+    assert connections == 0
+    (problem,) = p.problems
+    assert problem.reason is Reason.ENGINE_ADDRESS_NOT_OWN_POD
+    assert "engine 0 at 127.0.0.1, none of this VLLMCluster's pods: not probed" in problem.message
+    (engine,) = p.engines
+    assert not engine.ready and engine.url is None
+
+
+def test_an_engine_on_one_of_the_object_s_pods_is_dialled() -> None:
+    p, connections = pass_with_engine_on("127.0.0.1", pod_ip="127.0.0.1")
+    assert connections >= 1
+    assert p.problems == []
+    (engine,) = p.engines
+    assert engine.url is not None and engine.url.startswith("http://127.0.0.1:")

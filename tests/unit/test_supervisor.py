@@ -165,6 +165,7 @@ def test_last_log_line_is_cut_after_redaction() -> None:
 
 T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 REF = ClusterRef("team-a", "llm", "uid-1", generation=3)
+OWN_PODS = {"10.0.0.7": "llm-gpu-0"}  # where FakeRay's job runs
 
 
 class FakeRay:
@@ -203,7 +204,12 @@ def test_a_loading_engine_s_log_is_read_at_most_every_30_s_and_never_once_ready(
 
     def run_at(seconds: float, engines: list[EngineStatus]) -> list[EngineStatus]:
         ctx = EngineContext(
-            REF, spec(replicas=1), settings, T0 + timedelta(seconds=seconds), secrets=frozenset({API_KEY})
+            REF,
+            spec(replicas=1),
+            settings,
+            T0 + timedelta(seconds=seconds),
+            secrets=frozenset({API_KEY}),
+            pod_by_ip=OWN_PODS,
         )
         supervisor = Supervisor(cast(RayDashboardClient, ray), ctx, prober=prober)
         return asyncio.run(supervisor.run(engines, may_submit=False)).engines
@@ -246,7 +252,7 @@ def test_loads_are_read_from_the_ready_engines_only_with_autoscaling() -> None:
     autoscaled = spec(replicas=1, autoscaling={"maxReplicas": 2, "targetRequestsPerReplica": 2})
 
     def run(cluster_spec: Any, prober: FakeProber) -> dict[int, LoadSample | None]:
-        ctx = EngineContext(REF, cluster_spec, settings, T0)
+        ctx = EngineContext(REF, cluster_spec, settings, T0, pod_by_ip=OWN_PODS)
         engine = EngineStatus(
             index=0,
             submission_id="rayvllm-llm-r0-g3-a0-x",

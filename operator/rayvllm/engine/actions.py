@@ -26,6 +26,7 @@ class Waiting(StrEnum):
     PENDING = "the Ray job is PENDING"
     PREVIOUS_ENDING = "the failed attempt's Ray job was stopped and has not ended in Ray yet"
     NO_ADDRESS = "the Ray job is RUNNING but where its API server listens is not known yet"
+    FOREIGN_ADDRESS = "the Ray job is RUNNING on a host that is none of the object's pods: not probed"
     NOT_PROBED = "the Ray job is RUNNING but its engine was not probed"
     STARTING = "the engine is starting"
     REPLACEMENT_STARTING = "its replacement (upgradeStrategy RollingReplicas) is not ready yet: it serves on"

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from rayvllm.engine.actions import (
     Action,
@@ -119,13 +120,33 @@ def observed_submission(record: EngineStatus) -> str | None:
     return record.submission_id or record.stopping_submission_id
 
 
-def probe_address(job: JobInfo | None, ctx: EngineContext) -> str | None:
-    """Where to probe the engine (http://host:port): only a RUNNING job has one, once Ray says which node
-    runs it (or settings point elsewhere)."""
+def _reported_host(job: JobInfo | None, ctx: EngineContext) -> str | None:
     if job is None or job.status != "RUNNING":
         return None
-    host = ctx.settings.engine_host_override or job.driver_node_ip
-    return f"http://{host}:{ctx.spec.engine.port}" if host else None
+    return ctx.settings.engine_host_override or job.driver_node_ip
+
+
+def own_host(host: str, ctx: EngineContext) -> bool:
+    """An address the operator may dial for this object: one of its own pods' IPs, as Kubernetes reports
+    them (the Ray dashboard runs the tenant's image and could name any host the operator reaches), or the
+    host an administrator set in settings.engine_host_override."""
+    return ctx.settings.engine_host_override is not None or host in ctx.pod_by_ip
+
+
+def probe_address(job: JobInfo | None, ctx: EngineContext) -> str | None:
+    """Where to probe the engine (http://host:port): only a RUNNING job has one, once Ray says which node
+    runs it (or settings point elsewhere), and only on one of the object's own pods."""
+    host = _reported_host(job, ctx)
+    if not host or not own_host(host, ctx):
+        return None
+    return f"http://{host}:{ctx.spec.engine.port}"
+
+
+def foreign_address(job: JobInfo | None, ctx: EngineContext) -> str | None:
+    """The host Ray reports for a RUNNING engine when it is none of the object's pods: never dialled, and
+    reported (Reason.ENGINE_ADDRESS_NOT_OWN_POD)."""
+    host = _reported_host(job, ctx)
+    return host if host and not own_host(host, ctx) else None
 
 
 def logs_due(
@@ -269,7 +290,7 @@ def _judge_job(
         record = record.model_copy(update={"last_log_line": line, "last_log_read_at": ctx.now})
     url = probe_address(job, ctx)
     if url is None:
-        return Wait(record, Waiting.NO_ADDRESS)
+        return Wait(record, Waiting.FOREIGN_ADDRESS if foreign_address(job, ctx) else Waiting.NO_ADDRESS)
     if probe is None:
         return Wait(record, Waiting.NOT_PROBED)
     serves_on = serves_through(record, probe)
@@ -421,6 +442,10 @@ def engine_base_url(record: EngineStatus, ctx: EngineContext) -> str | None:
     if not (watched(record, ctx) or serves_on) or record.url is None:
         return None
     if not (record.ready or record.unhealthy_since is not None):
+        return None
+    # Checked again: the pod that had this IP may be gone, its IP given to another namespace's pod.
+    host = urlsplit(record.url).hostname
+    if host is None or not own_host(host, ctx):
         return None
     return record.url.removesuffix("/v1")
 
