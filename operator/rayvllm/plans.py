@@ -1,6 +1,6 @@
 """Pure decisions of the reconcile steps that are not the status or an engine's: which Secrets a spec
 needs, what is wrong with them and when to look for a missing one again, and which pods must gain or lose the
-serving label. No I/O."""
+serving label, and when a deletion has waited long enough. No I/O."""
 
 from __future__ import annotations
 
@@ -122,3 +122,25 @@ def serving_changes(pods: Sequence[PodView], engines: Sequence[EngineStatus]) ->
     exactly the pods that host a ready engine's API server."""
     serving = {e.pod_name for e in engines if e.ready and e.pod_name}
     return {pod.name: pod.name in serving for pod in pods if (pod.name in serving) != pod.serving}
+
+
+def deletion_overdue(deletion_timestamp: str | None, now: datetime, deadline_seconds: float) -> bool:
+    """`deadline_seconds` have passed since the object's metadata.deletionTimestamp (RFC 3339, as the API
+    server writes it). A timestamp that does not parse never makes a deletion overdue."""
+    if not deletion_timestamp:
+        return False
+    try:
+        since = datetime.fromisoformat(deletion_timestamp)
+    except ValueError:
+        return False
+    return (now - since).total_seconds() >= deadline_seconds
+
+
+def left_behind(ref: str, submission_ids: Iterable[str]) -> str:
+    """What a finalizer released before every engine job was known to be stopped may leave behind."""
+    ids = sorted(set(submission_ids))
+    jobs = f"Ray job(s) {', '.join(ids)}" if ids else "Ray jobs of this VLLMCluster"
+    return (
+        f"{jobs} of {ref} may still run until its Ray pods are gone (the garbage collector deletes its "
+        "RayCluster now); with GCS fault tolerance their records stay in the external Redis"
+    )

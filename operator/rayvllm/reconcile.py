@@ -39,6 +39,7 @@ from rayvllm.errors import (
     KubernetesRejectedError,
     RayAuthError,
     RayError,
+    RayvllmError,
     TransientError,
 )
 from rayvllm.events import Event
@@ -61,6 +62,8 @@ from rayvllm.plans import (
     Missing,
     after_look,
     backoff_resyncs,
+    deletion_overdue,
+    left_behind,
     look_due,
     next_look_in,
     secret_problems,
@@ -659,7 +662,13 @@ async def finalize(
 ) -> Outcome:
     """Clean-up that garbage collection cannot do, before the finalizer goes: stop every engine's Ray job
     (a job is not a Kubernetes object; with GCS fault tolerance or an external Ray it outlives the pods).
-    Owned children (RayCluster, Service) then follow their owner through the garbage collector."""
+    Owned children (RayCluster, Service) then follow their owner through the garbage collector.
+
+    Deletion always ends, as KubeRay's own clean-up does (it gives up after 300 s): an error that will not
+    go away by waiting (the dashboard or the API server refusing the operator, 401/403) releases the
+    finalizer at once, and anything else (jobs that stay RUNNING, an API server that does not answer) once
+    settings.deletion_deadline_seconds have passed since the deletion; each with a Warning Event saying
+    what may be left behind. Raises TransientError to be called again before that."""
     ref = ClusterRef.of(body)
     previous = parse_previous_status(body.get("status"))
     engines = list(previous.engines) if previous else []
@@ -675,8 +684,19 @@ async def finalize(
     p = Pass(
         ref, body, settings, now, children, memory, previous, spec=spec, ray_cluster=children.ray_cluster
     )
-    ray = await _dashboard(p, io)
+    deadline = settings.deletion_deadline_seconds
+    overdue = deletion_overdue(body.get("metadata", {}).get("deletionTimestamp"), now, deadline)
+    ids = [e.submission_id for e in engines if e.submission_id]
+
+    def released(why: str) -> Outcome:
+        message = f"finalizer released {why}: {left_behind(str(ref), ids)}"
+        return Outcome(
+            status=None, events=[*events, Event("Warning", EventReason.ENGINES_NOT_STOPPED, message)]
+        )
+
+    ray: RayDashboardClient | None = None
     try:
+        ray = await _dashboard(p, io)
         running = await Supervisor(ray, ctx, limiter=_slots(p, io), prober=io.prober).stop_all(engines)
     except RayError as unreachable:
         # The Ray cluster is gone or going (its pods are being deleted): its jobs go with it.
@@ -688,9 +708,22 @@ async def finalize(
             )
         )
         return Outcome(status=None, events=events)
+    except TransientError as failed:
+        if not overdue:
+            raise
+        return released(f"after {deadline:g}s of deletion (RAYVLLM_DELETION_DEADLINE_SECONDS): {failed}")
+    except RayvllmError as refused:
+        # Refused (401/403, a request the dashboard rejects): asking again will not help.
+        return released(f"on an error that retrying cannot fix: {refused}")
     finally:
-        await ray.aclose()
+        if ray is not None:
+            await ray.aclose()
     if running:
+        if overdue:
+            return released(
+                f"with {running} engine job(s) still RUNNING after {deadline:g}s of deletion "
+                "(RAYVLLM_DELETION_DEADLINE_SECONDS)"
+            )
         # Ray stops a job with SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S: look again shortly.
         raise TransientError(f"waiting for {running} engine job(s) to stop", retry_after=2.0)
     events.append(Event("Normal", EventReason.ENGINES_STOPPED, "every engine job is stopped"))

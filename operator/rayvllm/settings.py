@@ -121,6 +121,15 @@ class Settings(BaseSettings):
             "is stopped: in-flight requests finish and kube-proxy stops sending it new ones meanwhile."
         ),
     )
+    deletion_deadline_seconds: float = Field(
+        300.0,
+        ge=0,
+        description=(
+            "How long after its deletion a VLLMCluster may wait for its engine jobs to stop (or for the Ray "
+            "dashboard or the API server to answer) before its finalizer is released anyway, with a Warning "
+            "Event naming what may be left behind. KubeRay bounds its own clean-up the same way (300 s)."
+        ),
+    )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port (unset: no metrics server)."
     )

@@ -151,6 +151,7 @@ def test_default_deployment_is_hardened(helm: Helm) -> None:
         "RAYVLLM_UNHEALTHY_GRACE_SECONDS": "30",
         "RAYVLLM_CANARY_INTERVAL_SECONDS": "60",
         "RAYVLLM_CANARY_TIMEOUT_SECONDS": "10",
+        "RAYVLLM_DELETION_DEADLINE_SECONDS": "300",
         "RAYVLLM_METRICS_PORT": "9090",
         "RAYVLLM_METRICS_HOST": "0.0.0.0",
     }
@@ -169,6 +170,7 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
                 "unhealthyGraceSeconds": 4,
                 "canaryIntervalSeconds": 0,
                 "canaryTimeoutSeconds": 3,
+                "deletionDeadlineSeconds": 45,
                 "engineJobEnv": {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
             },
             "logFormat": "plain",
@@ -192,6 +194,7 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
     assert env["RAYVLLM_UNHEALTHY_GRACE_SECONDS"] == "4"
     assert env["RAYVLLM_CANARY_INTERVAL_SECONDS"] == "0"
     assert env["RAYVLLM_CANARY_TIMEOUT_SECONDS"] == "3"
+    assert env["RAYVLLM_DELETION_DEADLINE_SECONDS"] == "45"
     assert json.loads(env["RAYVLLM_ENGINE_JOB_ENV"]) == {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     assert container["image"] == "example/op:dev" and container["imagePullPolicy"] == "Always"
     assert only(docs, "Deployment")["spec"]["template"]["spec"]["nodeSelector"] == {
