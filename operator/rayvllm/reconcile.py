@@ -145,6 +145,8 @@ class Clients:
     dashboards: Dashboards
     prober: EngineProber
     limiter: asyncio.Semaphore
+    """Every object's Ray and engine calls in flight (settings.probe_concurrency); each object takes its places
+    through its own Slots (see _slots)."""
 
 
 @dataclass

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -280,17 +281,20 @@ def test_one_object_s_slow_head_holds_only_its_own_share_of_the_pool() -> None:
         shared = asyncio.Semaphore(4)
         a, b = Slots(shared, asyncio.Semaphore(2)), Slots(shared, asyncio.Semaphore(2))
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=4)) as pool:
-            ray = dashboard(url, pool)
+            # A's calls would outlast the test: only B's may end.
+            slow = RayDashboardClient(url, bounds=replace(BOUNDS, deadline=60), retry=FAST_RETRY, client=pool)
+            fine = dashboard(url, pool)
 
-            async def call(slots: Slots, sid: str) -> Any:
+            async def call(slots: Slots, ray: RayDashboardClient, sid: str) -> Any:
                 async with slots:
                     return await ray.get(sid)
 
-            stuck = [asyncio.create_task(call(a, "slow")) for _ in range(12)]
+            stuck = [asyncio.create_task(call(a, slow, "slow")) for _ in range(12)]
             await asyncio.sleep(0.3)
-            started = time.monotonic()
-            answers = await asyncio.gather(*(call(b, f"fine-{i}") for i in range(6)))
-            assert time.monotonic() - started < 1.0
+            # Without a share of its own per object, A would hold every shared place and B would wait here.
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(call(b, fine, f"fine-{i}") for i in range(6))), 2.0
+            )
             assert [job.submission_id for job in answers] == [f"fine-{i}" for i in range(6)]
             assert not any(task.done() for task in stuck)
             for task in stuck:
