@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator
+# The Go-built tools, in build order (hack/build-tools.sh knows how to build each).
+TOOLS := kubernetes kubernetes-node etcd kuberay kwok helm coredns prometheus toxiproxy
 
-.PHONY: venv node-packages tools ray-env images cluster-up cluster-down lint lint-static lint-rendered typecheck unit test day2 chaos \
+.PHONY: venv node-packages tools $(addprefix tool-,$(TOOLS)) ray-env images cluster-up cluster-down lint lint-static lint-rendered typecheck unit test day2 chaos \
 	demo demo-down bench clean
 
 $(PY): pyproject.toml requirements.lock
@@ -23,8 +25,13 @@ node-packages:
 
 ## tools: build (or reuse from ~/.cache/rayvllm) etcd, Kubernetes (with kubelet, kube-proxy), kwok, KubeRay,
 ## CoreDNS and helm from Go modules, and the tests' Prometheus and Toxiproxy
-tools: node-packages
-	bash hack/build-tools.sh
+tools: $(addprefix tool-,$(TOOLS))
+
+# One target a tool, so `make -j` builds them side by side. kubernetes-node reuses the compiled packages of
+# kubernetes (the same module graph): building both at once would compile them twice.
+$(addprefix tool-,$(TOOLS)): tool-%: node-packages
+	bash hack/build-tools.sh $*
+tool-kubernetes-node: tool-kubernetes
 
 ## ray-env: build (or reuse) the Python venv with real Ray and vLLM (CPU build) for the e2e tier and demo
 ray-env:

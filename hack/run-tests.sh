@@ -5,7 +5,7 @@
 #                      (`make lint-static typecheck`: the venv only)
 #   unit               pytest tests/unit: nothing built or running
 #   builds             the pinned Debian packages (root), the Go-built tools, the Ray + vLLM env, the real
-#                      node's images (`make -j2 node-packages tools ray-env images`: cached by version,
+#                      node's images (`make -j3 node-packages ray-env images tools`: cached by version,
 #                      seconds when warm)
 #   lint (built tools) the checks needing a built tool (`make lint-rendered`: helm renders the chart)
 #   cluster up         hack/cluster.py up: control plane, kwok nodes, the real node, images
@@ -124,9 +124,10 @@ if [ $# -eq 0 ]; then
     echo "[run-tests] static checks or unit tests failed: stopping before the builds and the cluster" >&2
     exit 1
   fi
-  # Two jobs: the images' build (mostly disk I/O) beside the Go builds of `make tools` (CPU), which halves
-  # a cold machine's wait; on a warm one every target finds its cache in seconds.
-  phase builds make --no-print-directory -j2 node-packages tools ray-env images || exit 1
+  # Three jobs: the images' build (mostly disk I/O; first, so it starts at once) beside two of the Go builds
+  # of `make tools` (one target a tool) at a time, which on a cold machine overlap one's module downloads
+  # and links with the other's compiles; on a warm one every target finds its cache in seconds.
+  phase builds make --no-print-directory -j3 node-packages ray-env images tools || exit 1
   phase "lint (built tools)" make --no-print-directory lint-rendered || exit 1
   session="integration+e2e"
   report=integration-e2e.xml

@@ -327,7 +327,7 @@ def ensure_images(containerd_address: Path) -> Images:
 
 def build_images() -> Images:
     """Build what is missing into buildah's storage, without containerd (`make images`): the builds phase
-    runs it beside the Go builds of `make tools`, an image build being mostly disk I/O and theirs CPU; the
+    runs it beside the Go builds of `make tools` (two at a time), an image build being mostly disk I/O and theirs CPU; the
     cluster's start then only exports them."""
     images = refs()
     _built(images.pause, _build_pause)

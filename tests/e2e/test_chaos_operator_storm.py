@@ -26,14 +26,17 @@ from collections import Counter
 import pytest
 
 from hack.localcluster.helm_release import OperatorRelease
+from hack.localcluster.procs import WaitTimeoutError
 from tests.e2e.chaos import ChaosRow, OperatorStorm, Watch, record, submission_parts
 from tests.e2e.leaks import SecretScan
 from tests.e2e.realnode import RealNodeWorld
 from tests.e2e.serving import (
     READY_TIMEOUT,
     Load,
+    conditions,
     endpoint,
     engines,
+    job_records,
     manifest,
     vllm,
     wait_ready,
@@ -73,11 +76,27 @@ def change_settings(kube: Kube, namespace: str, name: str, max_model_len: int) -
     patch = json.dumps({"spec": {"engine": {"maxModelLen": max_model_len}}})
     kube.kubectl("patch", "vllm", name, "-n", namespace, "--type=merge", "-p", patch)
 
+    seen: dict[str, object] = {}
+
     def recreated() -> bool:
-        engine = engines(vllm(kube, namespace, name)).get(0) or {}
+        obj = vllm(kube, namespace, name)
+        engine = engines(obj).get(0) or {}
+        # Kept so a timeout names what the operator reported instead of a bare False.
+        seen.update(engine=engine, phase=(obj.get("status") or {}).get("phase"), conditions=conditions(obj))
         return f"-g{generation + 1}-a0-" in engine.get("submissionId", "") and bool(engine.get("ready"))
 
-    wait_for(recreated, timeout=READY_TIMEOUT, what=f"the engine recreated with maxModelLen {max_model_len}")
+    try:
+        wait_for(
+            recreated, timeout=READY_TIMEOUT, what=f"the engine recreated with maxModelLen {max_model_len}"
+        )
+    except WaitTimeoutError as error:
+        try:
+            seen["ray_jobs"] = {
+                sid: (job.status, job.message) for sid, job in job_records(kube, namespace, name).items()
+            }
+        except Exception as unreadable:  # the timeout is the failure; this only adds detail
+            seen["ray_jobs"] = f"unreadable: {unreadable!r}"
+        raise WaitTimeoutError(f"{error}; last status: {json.dumps(seen, default=str)}") from error
 
 
 @pytest.mark.timeout(5400)
