@@ -5,7 +5,7 @@
 #                      (`make lint-static typecheck`: the venv only)
 #   unit               pytest tests/unit: nothing built or running
 #   builds             the pinned Debian packages (root), the Go-built tools, the Ray + vLLM env, the real
-#                      node's images (`make -j3 node-packages ray-env images tools`: cached by version,
+#                      node's images (`make images` beside `make -j2 tools`: cached by version,
 #                      seconds when warm)
 #   lint (built tools) the checks needing a built tool (`make lint-rendered`: helm renders the chart)
 #   cluster up         hack/cluster.py up: control plane, kwok nodes, the real node, images
@@ -114,6 +114,21 @@ run_pytest() {
   return $rc
 }
 
+# builds: the Debian packages and the venv first; then the Ray env and the images (mostly disk I/O) as one
+# make, beside another building the Go tools two at a time (one target a tool: one's module downloads and
+# links overlap the other's compiles). Two makes, not one `make -j3`: one make starts whichever tool comes
+# next when the Ray env is done, and the images, the longest chain but for the Go builds, would wait. On a
+# warm machine every target finds its cache in seconds.
+builds() {
+  local images rc=0
+  make --no-print-directory node-packages venv || return 1
+  make --no-print-directory images &
+  images=$!
+  make --no-print-directory -j2 tools || rc=1
+  wait "$images" || rc=1
+  return $rc
+}
+
 if [ $# -eq 0 ]; then
   selection="not day2 and not chaos"
   rm -f "$results"/*.xml
@@ -124,10 +139,7 @@ if [ $# -eq 0 ]; then
     echo "[run-tests] static checks or unit tests failed: stopping before the builds and the cluster" >&2
     exit 1
   fi
-  # Three jobs: the images' build (mostly disk I/O; first, so it starts at once) beside two of the Go builds
-  # of `make tools` (one target a tool) at a time, which on a cold machine overlap one's module downloads
-  # and links with the other's compiles; on a warm one every target finds its cache in seconds.
-  phase builds make --no-print-directory -j3 node-packages ray-env images tools || exit 1
+  phase builds builds || exit 1
   phase "lint (built tools)" make --no-print-directory lint-rendered || exit 1
   session="integration+e2e"
   report=integration-e2e.xml
