@@ -39,6 +39,8 @@ class PodView:
     serving: bool
     unschedulable: str | None = None
     """The scheduler's message when it cannot place the pod, else None."""
+    restarts: int = 0
+    """Container restarts so far: a head's Ray that restarted in the same pod is a new Ray cluster."""
 
 
 def parent_of(labels: Mapping[str, str] | None) -> str | None:
@@ -76,6 +78,7 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
         serving=labels.get(SERVING_LABEL) == SERVING,
         unschedulable=unschedulable,
+        restarts=sum(int(c.get("restartCount") or 0) for c in status.get("containerStatuses") or []),
     )
 
 
@@ -97,6 +100,12 @@ def count_pods(pods: Sequence[PodView], spec_hash: str) -> PodCounts:
         ready_workers=sum(p.node_type == "worker" and p.ready for p in current),
         outdated=sum(p.spec_hash != spec_hash for p in pods if not p.deleting),
     )
+
+
+def head_identity(pods: Sequence[PodView]) -> tuple[tuple[str, int], ...]:
+    """Which Ray head runs: its pod and how often its containers restarted. KubeRay names a new head pod
+    anew, so a head that was replaced or restarted has another identity."""
+    return tuple(sorted((p.name, p.restarts) for p in pods if p.node_type == "head" and not p.deleting))
 
 
 def live_workers(pods: Sequence[PodView]) -> list[str]:

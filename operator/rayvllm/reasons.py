@@ -31,6 +31,7 @@ class Reason(StrEnum):
     RAY_DASHBOARD_UNREACHABLE = "RayDashboardUnreachable"
     ENGINE_ADDRESS_NOT_OWN_POD = "EngineAddressNotOwnPod"
     CHILD_REJECTED = "ChildRejected"
+    RAY_AUTH_NOT_ENFORCED = "RayAuthNotEnforced"
     # Progressing during a rolling upgrade (upgradeStrategy RollingReplicas), one reason per step.
     ROLLING_SURGE = "RollingSurge"
     ROLLING_DRAIN_OLD = "RollingDrainOld"
@@ -45,7 +46,8 @@ class Reason(StrEnum):
 
 
 class EventReason(StrEnum):
-    """Reasons of Events about engines, autoscaling and deletion (phase changes post the phase's name)."""
+    """Reasons of Events about engines, autoscaling, deletion and the Ray head's token auth (phase changes post
+    the phase's name)."""
 
     ENGINE_SUBMITTED = "EngineSubmitted"
     ENGINE_READY = "EngineReady"
@@ -60,3 +62,4 @@ class EventReason(StrEnum):
     DELETING = "Deleting"
     ENGINES_STOPPED = "EnginesStopped"
     ENGINES_NOT_STOPPED = "EnginesNotStopped"
+    RAY_AUTH_VERIFIED = "RayAuthVerified"

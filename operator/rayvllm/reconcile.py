@@ -52,6 +52,7 @@ from rayvllm.observed import (
     PodCounts,
     PodView,
     count_pods,
+    head_identity,
     live_workers,
     newer,
     resource_version,
@@ -72,6 +73,7 @@ from rayvllm.plans import (
     serving_changes,
 )
 from rayvllm.ray import Dashboards, RayDashboardClient
+from rayvllm.ray_auth import AuthObservation, AuthState, auth_mode_of, decide_ray_auth
 from rayvllm.reasons import EventReason, Reason
 from rayvllm.settings import Settings
 from rayvllm.status import (
@@ -109,6 +111,9 @@ class Memory:
     ray_token: str | None = None
     ray_token_of: str | None = None
     """uid of the RayCluster the cached dashboard token belongs to (KubeRay makes one per cluster)."""
+    ray_auth_verified_for: Hashable | None = None
+    """The RayCluster (uid) and Ray head (pod, restarts) whose dashboard was last seen to enforce token auth:
+    a new head is checked again before anything is submitted to it (see _ray_auth_enforced)."""
     dashboard_failures: int = 0
     """Passes in a row that found a ready RayCluster's dashboard unreachable: the next look backs off."""
     missing_secrets: dict[str, Missing] = field(default_factory=dict)
@@ -399,6 +404,16 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
     try:
         async with slots:
             healthy = await ray.gcs_healthy()
+        if not spec.suspend and not await _ray_auth_enforced(p, ray, slots):
+            # Fail closed: the dashboard is not asked for anything else (nothing submitted, stopped or
+            # restarted) until it refuses strangers; engines that serve are asked themselves, as when it is
+            # unreachable. A suspended object submits nothing anyway and only stops its engines.
+            p.memory.dashboard_failures = 0
+            unsupervised = Supervisor(ray, ctx, limiter=slots, prober=io.prober)
+            p.engines = await unsupervised.probe_without_ray(p.engines)
+            if any(answered_late(e) for e in p.engines):
+                p.outcome.requeue_after = p.settings.starting_probe_seconds
+            return
         result = await Supervisor(ray, ctx, limiter=slots, prober=io.prober).run(
             p.engines, may_submit=cluster_ready and healthy and not spec.suspend
         )
@@ -445,6 +460,48 @@ async def supervise_engines(p: Pass, io: Clients) -> None:
     p.loads = result.loads
     p.outcome.events += result.events
     p.outcome.requeue_after = result.requeue_after
+
+
+async def _ray_auth_enforced(p: Pass, ray: RayDashboardClient, slots: Slots) -> bool:
+    """True once this Ray head's dashboard was seen to refuse a request without the token and to answer it
+    with the token (rayvllm.ray_auth decides): asked once per head, so again after the head pod is replaced
+    or restarts (a new Ray cluster, maybe from a new image), and on every pass until it holds. False while
+    the head is not ready (it cannot be asked yet; nothing is reported), and when it does not hold: then a
+    fatal RayAuthNotEnforced problem, first, so that the Warning Event posted for it names what to upgrade.
+    A token the dashboard refuses raises RayAuthError (the caller reads the token again)."""
+    head = ((p.ray_cluster or {}).get("metadata") or {}).get("uid"), head_identity(p.children.pods)
+    if p.memory.ray_auth_verified_for == head:
+        return True
+    p.memory.ray_auth_verified_for = None
+    if p.pods is None or not p.pods.head_ready:
+        return False
+    async with slots:
+        anonymous = await ray.version(with_token=False)
+    authenticated = None
+    if anonymous.refused and p.memory.ray_token:
+        async with slots:
+            authenticated = await ray.version(with_token=True)
+    verdict = decide_ray_auth(
+        AuthObservation(
+            ray_cluster=p.ref.name,
+            token_secret=f"{p.ref.namespace}/{ray_auth_secret_name(p.ref.name)}",
+            auth_mode=auth_mode_of(p.ray_cluster),
+            has_token=bool(p.memory.ray_token),
+            anonymous=anonymous,
+            authenticated=authenticated,
+        )
+    )
+    if verdict.state is AuthState.TOKEN_REFUSED:
+        raise RayAuthError(verdict.message)
+    if not verdict.enforced:
+        log.warning("%s: %s", p.ref, verdict.message)
+        p.problems.insert(0, Problem(Reason.RAY_AUTH_NOT_ENFORCED, verdict.message, fatal=True))
+        return False
+    session = authenticated.session_name if authenticated else None
+    log.info("%s: %s (Ray session %s)", p.ref, verdict.message, session)
+    p.memory.ray_auth_verified_for = head
+    p.outcome.events.append(Event("Normal", EventReason.RAY_AUTH_VERIFIED, verdict.message))
+    return True
 
 
 async def apply_serving_labels(p: Pass, io: Clients) -> None:
@@ -605,11 +662,13 @@ def dashboard_url(settings: Settings, namespace: str, name: str) -> str:
 
 async def _dashboard(p: Pass, io: Clients) -> RayDashboardClient:
     """The RayCluster's dashboard client: the address as mapped by settings, and the token KubeRay generated
-    for it (read once per RayCluster; None until KubeRay has written the Secret)."""
+    for it (read once per RayCluster; None until KubeRay has written the Secret, and then nothing is
+    submitted: _ray_auth_enforced)."""
     uid = ((p.ray_cluster or {}).get("metadata") or {}).get("uid")
     if p.memory.ray_token is None or p.memory.ray_token_of != uid:
         data = await io.kube.read_secret(p.ref.namespace, ray_auth_secret_name(p.ref.name))
-        p.memory.ray_token = (data or {}).get(RAY_AUTH_TOKEN_KEY)
+        p.memory.ray_token = (data or {}).get(RAY_AUTH_TOKEN_KEY) or None
+        # Not there yet (or empty): read again at the next pass.
         p.memory.ray_token_of = uid if p.memory.ray_token is not None else None
     return io.dashboards.client(dashboard_url(p.settings, p.ref.namespace, p.ref.name), p.memory.ray_token)
 

@@ -10,7 +10,8 @@ one engine serving alone in the Service, one live Ray job, nothing terminating) 
 previous phase left otherwise:
 
 - P0 apply to Ready, split into stages; the engine on a worker pod; no operator write at rest; `kubectl
-  wait`, `logs`, `exec` through the real kubelet.
+  wait`, `logs`, `exec` through the real kubelet; the Ray head seen to enforce its token before the first
+  submission (RayAuthVerified).
 - P1 the endpoint with the official `openai` client: a completion, a streamed chat, the API key enforced.
 - P2 every Grafana dashboard query returns series and every alert rule evaluates, none active.
 - P3 the Ray dashboard frozen 30 s: the engine keeps serving, nothing restarts, the status says so.
@@ -277,6 +278,21 @@ def test_p0_served_on_a_worker_pod_and_quiet_at_rest(
     assert engine["url"] == f"http://{workers[engine['podName']]['status']['podIP']}:8000/v1"
     assert obj["status"]["endpoint"]["url"] == f"http://{name}.{ns}.svc:8000/v1"
     kube.kubectl("wait", "--for=condition=Ready", f"vllm/{name}", "-n", ns, "--timeout=10s")
+
+    # Fail closed on Ray auth, on a real Ray head started by KubeRay: before submitting the engine the operator
+    # saw the dashboard refuse a request without KubeRay's token (Ray 2.60 answers 401) and answer it with the
+    # token, and it never found auth off (that would have posted RayAuthNotEnforced). No extra load: two
+    # GETs of /api/version per head, already made.
+    events = kube.events(ns, name)
+    verified = [e for e in events if e.get("reason") == "RayAuthVerified"]
+    assert verified and all(e["type"] == "Normal" for e in verified), events
+    assert f"(Ray {RAY_VERSION}) refuses a request without the token (HTTP 401)" in verified[0]["message"]
+    assert not [e for e in events if e.get("reason") == "RayAuthNotEnforced"], events
+    assert all(c.get("reason") != "RayAuthNotEnforced" for c in obj["status"]["conditions"])
+    submitted = [e for e in events if e.get("reason") == "EngineSubmitted"]
+    assert submitted and min(e["firstTimestamp"] for e in verified) <= min(
+        e["firstTimestamp"] for e in submitted
+    )
 
     # kubectl logs and exec go through the API server to the real kubelet; the pods run the pinned Ray.
     head = next(

@@ -17,6 +17,7 @@ from rayvllm.models import (
 )
 from rayvllm.models.spec import OWNED_ENGINE_FLAGS, RestartPolicySpec
 
+from .crdtools import admission_errors
 from .inputs import SAMPLES, load_yaml, samples
 
 
@@ -216,3 +217,39 @@ def test_ray_version_is_one_kuberay_takes_with_token_auth(version: str, ok: bool
     else:
         with pytest.raises(InvalidSpecError, match=r"spec\.ray\.rayVersion"):
             parse_spec(spec)
+
+
+RAY_AUTH_REFUSAL = (
+    "spec.engine.env must not set RAY_AUTH_* (RAY_AUTH_MODE, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH)"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [("RAY_AUTH_MODE", True), ("RAY_AUTH_TOKEN", True), ("RAY_AUTH_TOKEN_PATH", True),
+     ("RAY_AUTH_ANYTHING_LATER", True), ("RAY_ENABLE_K8S_TOKEN_AUTH", True),
+     ("RAY_AUTHOR", False), ("MY_RAY_AUTH_MODE", False), ("RAY_ADDRESS", False), ("RAY_USAGE_STATS_ENABLED", False)],
+)  # fmt: skip
+def test_env_that_would_change_ray_auth_is_refused_by_models_and_crd_alike(name: str, refused: bool) -> None:
+    """KubeRay sets Ray's token auth on every Ray container; spec.engine.env reaches the workers and the
+    engine's job, where these names would turn it off or replace the token (literal or from a Secret)."""
+    for var in (
+        {"name": name, "value": "disabled"},
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+    ):
+        spec = _spec(env=[var])
+        body = {
+            "apiVersion": "rayvllm.io/v1alpha1",
+            "kind": "VLLMCluster",
+            "metadata": {"name": "x"},
+            "spec": spec,
+        }
+        crd = [error for error in admission_errors(body) if "RAY_AUTH_" in error]
+        if not refused:
+            assert parse_spec(spec).engine.env[0].name == name and crd == []
+            continue
+        with pytest.raises(InvalidSpecError) as models:
+            parse_spec(spec)
+        assert str(models.value).startswith(f"spec.engine.env: {RAY_AUTH_REFUSAL}")
+        assert "remove them" in str(models.value)
+        assert len(crd) == 1 and RAY_AUTH_REFUSAL in crd[0]

@@ -432,6 +432,10 @@ SERVING_ENGINE = EngineStatus(
 )
 
 
+# The RayCluster's uid and its head pods (these passes list none) whose token auth was verified before.
+VERIFIED_HEAD = ("rc-uid", ())
+
+
 class FailingDashboard:
     """A Ray dashboard behind a network that fails at the call named `fails_at` (RayError, as the client
     raises it once its retries are spent: a timeout, a reset, a refused connection, an answer cut short).
@@ -482,7 +486,8 @@ class Engine:
 def pass_with_dashboard_fault(ray: FailingDashboard, engine: Engine) -> Pass:
     """One supervision pass over a ready RayCluster whose one engine has been serving."""
     body = {"metadata": {"namespace": "team", "name": "llama", "uid": "uid-1", "generation": 1}}
-    memory = Memory(ray_token="token", ray_token_of="rc-uid")  # the token is known: no Secret read
+    # The token is known (no Secret read) and this head was seen to enforce it (the check is not repeated).
+    memory = Memory(ray_token="token", ray_token_of="rc-uid", ray_auth_verified_for=VERIFIED_HEAD)
     children = Children(pods=(pod_view(pod(SERVING_POD, serving=True, ip="10.88.0.7")),))
     p = Pass(ClusterRef.of(body), body, Settings(resync_seconds=2), T0, children, memory, None, spec=SPEC)
     p.ray_cluster = {"metadata": {"name": "llama", "uid": "rc-uid"}}
@@ -587,7 +592,7 @@ def pass_with_engine_on(driver_ip: str, pod_ip: str) -> tuple[Pass, int]:
         )
         body = {"metadata": {"namespace": "team", "name": "llama", "uid": "uid-1", "generation": 1}}
         children = Children(pods=(pod_view(pod(SERVING_POD, ip=pod_ip)),))
-        memory = Memory(ray_token="token", ray_token_of="rc-uid")
+        memory = Memory(ray_token="token", ray_token_of="rc-uid", ray_auth_verified_for=VERIFIED_HEAD)
         settings = Settings(resync_seconds=2, engine_host_override=None)
         p = Pass(ClusterRef.of(body), body, settings, T0, children, memory, None, spec=spec)
         p.ray_cluster = {"metadata": {"name": "llama", "uid": "rc-uid"}}

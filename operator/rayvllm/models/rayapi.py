@@ -140,3 +140,27 @@ class ClusterResources:
 
     def node(self, node_id: str) -> RayNode | None:
         return next((node for node in self.nodes if node.node_id == node_id), None)
+
+
+# What Ray's token-auth middleware answers a request it refuses: 401 without a token, 403 with a wrong one
+# (ray/_private/authentication/http_token_authentication.py, Ray 2.60).
+AUTH_REFUSALS: frozenset[int] = frozenset({401, 403})
+
+
+@dataclass(frozen=True)
+class VersionAnswer:
+    """What a dashboard answered GET /api/version: `status` is 2xx or one of AUTH_REFUSALS (a refusal
+    carries nothing else). `session_name` names the Ray cluster's current session: a new one at every
+    start of the head's Ray."""
+
+    status: int
+    ray_version: str | None = None
+    session_name: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.status in AUTH_REFUSALS
+
+    @property
+    def answered(self) -> bool:
+        return 200 <= self.status < 300

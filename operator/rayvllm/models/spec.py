@@ -223,7 +223,33 @@ _EXTRA_ARGS_RULE = Rule(
 # Set by the operator on worker pods from typed fields.
 OWNED_ENV_NAMES: tuple[str, ...] = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
 
+# Ray's own token auth, which KubeRay sets on every Ray container (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN from its
+# Secret): RAY_AUTH_MODE=disabled on a worker turns auth off there (its dashboard agent then answers anyone),
+# RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH replace the token, and RAY_ENABLE_K8S_TOKEN_AUTH switches to Kubernetes
+# tokens (Ray 2.60: src/ray/rpc/authentication/authentication_mode.cc reads AUTH_MODE and
+# ENABLE_K8S_TOKEN_AUTH from RayConfig, i.e. RAY_<NAME>; the token loader reads RAY_AUTH_TOKEN(_PATH)). The
+# whole RAY_AUTH_ prefix is refused, so a variable a later Ray adds there is too.
+RAY_AUTH_ENV_PREFIX = "RAY_AUTH_"
+RAY_AUTH_ENV_NAMES: tuple[str, ...] = ("RAY_ENABLE_K8S_TOKEN_AUTH",)
+
+
+def _sets_ray_auth(name: str) -> bool:
+    return name.startswith(RAY_AUTH_ENV_PREFIX) or name in RAY_AUTH_ENV_NAMES
+
+
 _ENV_RULES = (
+    Rule(
+        cel=(
+            f"self.all(e, !e.name.startsWith('{RAY_AUTH_ENV_PREFIX}') "
+            f"&& !(e.name in {cel_string_list(RAY_AUTH_ENV_NAMES)}))"
+        ),
+        message=(
+            f"spec.engine.env must not set {RAY_AUTH_ENV_PREFIX}* (RAY_AUTH_MODE, RAY_AUTH_TOKEN, "
+            f"RAY_AUTH_TOKEN_PATH) or {', '.join(RAY_AUTH_ENV_NAMES)}: they would turn off or replace the Ray "
+            "cluster's token auth, which the operator has KubeRay set up; remove them"
+        ),
+        holds=lambda env: not any(_sets_ray_auth(var.name) for var in env),
+    ),
     Rule(
         cel=f"self.all(e, !(e.name in {cel_string_list(OWNED_ENV_NAMES)}))",
         message=(

@@ -2,7 +2,8 @@
 cluster's resources. Pure HTTP (httpx): the operator image does not need the `ray` package.
 
 Endpoints (Ray 2.60, ray/dashboard/modules/job/job_head.py): POST /api/jobs/, GET /api/jobs/,
-GET|DELETE /api/jobs/{id}, POST /api/jobs/{id}/stop, GET /api/gcs_healthz, GET /api/version; a job log's
+GET|DELETE /api/jobs/{id}, POST /api/jobs/{id}/stop, GET /api/gcs_healthz, GET /api/version (also without the
+token, to see it refused); a job log's
 end from the state API's GET /api/v0/logs/file (ray/dashboard/modules/state/state_head.py); resources from
 GET /api/v0/nodes and GET /api/cluster_status (see resources.py).
 """
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 
 from rayvllm.bounded import Bounds
 from rayvllm.errors import MalformedResponseError, RayError, RayRequestRejectedError
-from rayvllm.models.rayapi import ClusterResources, JobInfo, JobSubmitRequest
+from rayvllm.models.rayapi import AUTH_REFUSALS, ClusterResources, JobInfo, JobSubmitRequest, VersionAnswer
 from rayvllm.ray.http import DashboardHTTP, RetryPolicy, decode_json
 from rayvllm.ray.resources import build_cluster_resources
 
@@ -216,6 +217,30 @@ class RayDashboardClient:
         if not isinstance(version, str):
             raise RayError("GET /api/version: no ray_version")
         return version
+
+    async def version(self, *, with_token: bool) -> VersionAnswer:
+        """GET /api/version with the token or without it, a refusal (401/403) answered, not raised: how the
+        operator sees that token auth is in force (rayvllm.ray_auth decides). Ray 2.60's token middleware
+        guards this route (only /, /favicon.ico, /static/*, /api/authentication_mode, /api/authenticate and
+        the health checks are public: dashboard/http_server_head.py), it is served by the job module that
+        takes submissions, and it answers a few bytes. A 2xx that is not the expected JSON still says
+        whether the token was asked for: it is answered with no version."""
+        response = await self._http.request(
+            "GET", "/api/version", allow=AUTH_REFUSALS, authenticated=with_token
+        )
+        if response.status_code in AUTH_REFUSALS:
+            return VersionAnswer(response.status_code)
+        try:
+            payload = decode_json(response)
+        except RayError:
+            payload = None
+        fields = payload if isinstance(payload, dict) else {}
+        version, session = fields.get("ray_version"), fields.get("session_name")
+        return VersionAnswer(
+            response.status_code,
+            ray_version=version if isinstance(version, str) else None,
+            session_name=session if isinstance(session, str) else None,
+        )
 
     async def cluster_resources(self) -> ClusterResources:
         """Every node with its IP, head flag, state and logical resources. Totals are exact and current;

@@ -97,9 +97,11 @@ class DashboardHTTP:
         final: Callable[[Answer], bool] | None = None,
         retry: bool = True,
         tail: bool = False,
+        authenticated: bool = True,
     ) -> Answer:
         """The answer if it is 2xx or its status is in `allow`; otherwise raises. Every attempt, backoff
-        and body read fits in bounds.deadline; `tail` keeps only the end of the answer (a log).
+        and body read fits in bounds.deadline; `tail` keeps only the end of the answer (a log). Not
+        `authenticated`: sent without the token, to see that the dashboard refuses such a request.
 
         A 5xx for which `final(answer)` is true is returned instead of retried (the caller knows what
         it means, e.g. a duplicate submission id). Raises RayAuthError on 401/403, RayRequestRejectedError on
@@ -119,7 +121,7 @@ class DashboardHTTP:
                             self.bounds,
                             json=json,
                             params=params,
-                            headers=self._headers,
+                            headers=self._headers if authenticated else {},
                             tail=tail,
                         )
                     except httpx.TimeoutException as e:
