@@ -22,17 +22,21 @@ from .inputs import SAMPLES, load_yaml
 
 REF = EngineRef(namespace="team-a", name="llama-70b", replica=1, generation=3, attempt=0)
 
+# The sample names an API key: vLLM starts behind the gate (EXPECTED_TINY_CPU_WITH_API_KEY says how).
 EXPECTED_TP4_PP2 = """
 entrypoint: >-
-  exec python -m vllm.entrypoints.openai.api_server
+  exec python -c 'import os, sys, types; gate = sys.modules["rayvllm_engine_gate"] =
+  types.ModuleType("rayvllm_engine_gate"); exec(compile(os.environ.pop("RAYVLLM_ENGINE_GATE"),
+  "rayvllm_engine_gate.py", "exec"), gate.__dict__); gate.run("vllm.entrypoints.openai.api_server")'
   --model meta-llama/Llama-3.1-70B-Instruct --served-model-name llama-70b
   --host 0.0.0.0 --port 8000 --tensor-parallel-size 4 --pipeline-parallel-size 2
   --distributed-executor-backend ray --max-model-len 8192 --gpu-memory-utilization 0.9
-  --enable-prefix-caching --max-num-seqs 256
+  --middleware rayvllm_engine_gate.ApiKeyGate --enable-prefix-caching --max-num-seqs 256
 submission_id: rayvllm-llama-70b-r1-g3-a0-379c8126
 runtime_env:
   env_vars:
     RAY_JOB_STOP_WAIT_TIME_S: '30'
+    RAYVLLM_ENGINE_GATE: <GATE_SOURCE>
 metadata:
   rayvllm.io/namespace: team-a
   rayvllm.io/name: llama-70b
@@ -108,9 +112,17 @@ def spec_with(base: str = "tiny-cpu", **engine: Any) -> VLLMClusterSpec:
     return parse_cluster(body).spec
 
 
+def expected(golden: str) -> dict[str, Any]:
+    wire: dict[str, Any] = yaml.safe_load(golden)
+    env = wire["runtime_env"]["env_vars"]
+    if env.get(GATE_SOURCE_ENV) == "<GATE_SOURCE>":
+        env[GATE_SOURCE_ENV] = GATE_SOURCE
+    return wire
+
+
 def test_tp4_pp2_ray_job_request() -> None:
     request = build_engine_job(sample_spec("tp4-pp2"), REF)
-    assert request.to_wire() == yaml.safe_load(EXPECTED_TP4_PP2)
+    assert request.to_wire() == expected(EXPECTED_TP4_PP2)
 
 
 def test_tiny_cpu_job_request_with_local_options() -> None:
@@ -119,14 +131,12 @@ def test_tiny_cpu_job_request_with_local_options() -> None:
         host="127.0.0.1", python="/venv/bin/python", entrypoint_num_cpus=0.5, extra_env=CPU_ENGINE_ENV
     )
     request = build_engine_job(sample_spec("tiny-cpu"), ref, options)
-    assert request.to_wire() == yaml.safe_load(EXPECTED_TINY_CPU_LOCAL)
+    assert request.to_wire() == expected(EXPECTED_TINY_CPU_LOCAL)
 
 
 def test_with_an_api_key_vllm_starts_behind_the_gate() -> None:
     request = build_engine_job(spec_with(apiKeySecretRef={"name": "api", "key": "key"}), REF)
-    expected = yaml.safe_load(EXPECTED_TINY_CPU_WITH_API_KEY)
-    expected["runtime_env"]["env_vars"][GATE_SOURCE_ENV] = GATE_SOURCE
-    assert request.to_wire() == expected
+    assert request.to_wire() == expected(EXPECTED_TINY_CPU_WITH_API_KEY)
 
 
 def test_without_an_api_key_there_is_no_gate() -> None:
