@@ -12,7 +12,9 @@ previous phase left otherwise:
 - P0 apply to Ready, split into stages; the engine on a worker pod; no operator write at rest; `kubectl
   wait`, `logs`, `exec` through the real kubelet; the Ray head seen to enforce its token before the first
   submission (RayAuthVerified).
-- P1 the endpoint with the official `openai` client: a completion, a streamed chat, the API key enforced.
+- P1 the endpoint with the official `openai` client: a completion, a streamed chat, the API key enforced; and
+  on every route vLLM registers, /invocations and /tokenize among them: only /health and /metrics answer
+  without the key.
 - P2 every Grafana dashboard query returns series and every alert rule evaluates, none active.
 - P3 the Ray dashboard frozen 30 s: the engine keeps serving, nothing restarts, the status says so.
 - P4 the operator SIGKILLed at least 10 times while 8 pod-less objects settle beside the serving one.
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import openai
 import pytest
 
@@ -324,6 +327,94 @@ def test_p1_openai_clients_through_the_endpoint_service(kube: Kube, rested: Shar
     # The API key from the Secret guards the endpoint.
     with pytest.raises(openai.AuthenticationError):
         client(base_url, api_key="sk-wrong").completions.create(model=served.name, prompt="Hi", max_tokens=2)
+
+
+# Every route the pinned vLLM registers for a generating model (tests/e2e/test_engine_routes.py finds them on
+# its real app; {response_id} filled in), but /health and /metrics: none may answer without the key.
+GUARDED_ROUTES = [
+    ("POST", "/invocations"),
+    ("POST", "/tokenize"),
+    ("POST", "/detokenize"),
+    ("POST", "/generative_scoring"),
+    ("POST", "/scale_elastic_ep"),
+    ("POST", "/is_scaling_elastic_ep"),
+    ("GET", "/ping"),
+    ("POST", "/ping"),
+    ("GET", "/load"),
+    ("GET", "/version"),
+    ("GET", "/kv_event_sources"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/redoc"),
+    ("GET", "/openapi.json"),
+    ("POST", "/inference/v1/generate"),
+    ("POST", "/inference/v1/abort_requests"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/completions/render"),
+    ("POST", "/v1/completions/derender"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/chat/completions/batch"),
+    ("POST", "/v1/chat/completions/render"),
+    ("POST", "/v1/chat/completions/derender"),
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"),
+    ("POST", "/v1/messages/render"),
+    ("POST", "/v1/responses"),
+    ("POST", "/v1/responses/render"),
+    ("GET", "/v1/responses/x"),
+    ("POST", "/v1/responses/x/cancel"),
+    ("POST", "/v1/systemone"),
+]
+
+
+def generating_bodies(model: str) -> dict[str, dict[str, Any]]:
+    """The routes that generate or tokenize, each with a request it answers 200 cheaply (one token at most)."""
+    completion = {"model": model, "prompt": "Hi", "max_tokens": 1}
+    return {
+        "/v1/completions": completion,
+        "/v1/chat/completions": {
+            "model": model,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 1,
+        },
+        "/invocations": completion,
+        "/tokenize": {"model": model, "prompt": "Hi"},
+        "/detokenize": {"model": model, "tokens": [1, 2]},
+    }
+
+
+@pytest.mark.timeout(120)
+def test_p1_no_route_answers_without_the_key(kube: Kube, rested: Shared) -> None:
+    """vLLM's own key check leaves /invocations (full completions), /tokenize and more open; the operator's gate
+    (rayvllm.engine.gate) closes every route but the probes' /health and Prometheus' /metrics. Refused requests
+    never reach vLLM, so this costs no model time."""
+    served = rested.served
+    root = endpoint(kube, served.namespace, served.name).removesuffix("/v1")
+    keyed = {"Authorization": f"Bearer {served.api_key}"}
+    with httpx.Client(base_url=root, timeout=30) as http:
+        for method, path in GUARDED_ROUTES:
+            for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
+                answer = http.request(method, path, headers=headers, json={} if method == "POST" else None)
+                assert answer.status_code == 401, (
+                    method,
+                    path,
+                    headers,
+                    answer.status_code,
+                    answer.text[:200],
+                )
+                assert answer.headers.get("www-authenticate") == "Bearer", (
+                    method,
+                    path,
+                    "not the gate's refusal",
+                )
+        for path in ("/health", "/metrics"):
+            assert http.get(path).status_code == 200, path
+        for path, body in generating_bodies(served.name).items():
+            answer = http.post(path, headers=keyed, json=body)
+            assert answer.status_code == 200, (path, answer.status_code, answer.text[:300])
+        for path in ("/v1/models", "/version", "/ping"):
+            assert http.get(path, headers=keyed).status_code == 200, path
 
 
 # --- P2 ----------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rayvllm.engine.args import VLLM_SERVER_MODULE
+from rayvllm.engine.args import GATE_BOOTSTRAP, GATE_MIDDLEWARE, VLLM_SERVER_MODULE
 from rayvllm.engine.job import EngineRef, build_engine_job
 from rayvllm.models import VLLMClusterSpec, parse_cluster
 
@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "manifests" / "samples"
 REF = EngineRef(namespace="ns", name="engine", replica=0, generation=1, attempt=0)
 
-# Runs inside the Ray venv. Reads [[name, argv], ...] on stdin, answers {name: null | error} as JSON.
+# Runs inside the Ray venv. Reads [[name, argv], ...] on stdin, answers {name: null | error} as JSON. An
+# engine with an API key starts as `python -c GATE_BOOTSTRAP`, which runs MODULE with the same arguments
+# (tests/unit/test_engine_gate.py runs it; tests/e2e/test_engine_routes.py loads the gate into vLLM's app).
 CHECKER = r"""
 import argparse, contextlib, io, json, sys, importlib.util
 from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -41,8 +43,8 @@ results = {}
 for name, argv in json.load(sys.stdin):
     err = io.StringIO()
     try:
-        if argv[:2] != ["-m", MODULE] or importlib.util.find_spec(MODULE) is None:
-            raise ValueError(f"not `python -m {MODULE}`: {argv[:2]}")
+        if argv[:2] not in (["-m", MODULE], ["-c", BOOTSTRAP]) or importlib.util.find_spec(MODULE) is None:
+            raise ValueError(f"not `python -m {MODULE}` nor the gate's bootstrap: {argv[:2]}")
         parser = make_arg_parser(FlexibleArgumentParser(description="vLLM OpenAI-Compatible RESTful API server."))
         with contextlib.redirect_stderr(err):
             args = parser.parse_args(argv[2:])
@@ -52,13 +54,13 @@ for name, argv in json.load(sys.stdin):
                          "pp": engine_args.pipeline_parallel_size,
                          "backend": engine_args.distributed_executor_backend,
                          "model": engine_args.model, "served": engine_args.served_model_name,
-                         "host": args.host, "port": args.port}
+                         "host": args.host, "port": args.port, "middleware": args.middleware}
     except SystemExit as e:
         results[name] = {"ok": False, "error": f"argparse exit {e.code}: {err.getvalue().strip()[-800:]}"}
     except Exception as e:
         results[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
 print(json.dumps(results))
-""".replace("MODULE", repr(VLLM_SERVER_MODULE))
+""".replace("MODULE", repr(VLLM_SERVER_MODULE)).replace("BOOTSTRAP", repr(GATE_BOOTSTRAP))
 
 
 def vllm_parse(venv: RayVenv, cases: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -118,6 +120,7 @@ def test_builder_output_is_accepted_by_vllms_parser(ray_venv: RayVenv) -> None:
             ],
         )
     )
+    cases["tiny-api-key"] = entrypoint(sample("tiny-cpu", apiKeySecretRef={"name": "api", "key": "key"}))
     verdicts = vllm_parse(ray_venv, cases)
     rejected = {name: v["error"] for name, v in verdicts.items() if not v["ok"]}
     assert not rejected, json.dumps(rejected, indent=2)
@@ -129,6 +132,8 @@ def test_builder_output_is_accepted_by_vllms_parser(ray_venv: RayVenv) -> None:
     assert (tp4["host"], tp4["port"]) == ("0.0.0.0", 8000)
     tiny = verdicts["tiny-mp-extra-args"]
     assert (tiny["tp"], tiny["pp"], tiny["backend"]) == (1, 1, "mp")
+    assert tiny["middleware"] == []
+    assert verdicts["tiny-api-key"]["middleware"] == [GATE_MIDDLEWARE]
 
 
 BAD_EXTRA_ARGS = {

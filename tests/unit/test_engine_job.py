@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hack.localcluster.workloads import CPU_ENGINE_ENV
-from rayvllm.engine.args import shutdown_timeout_seconds, vllm_server_args
+from rayvllm.engine.args import GATE_SOURCE, GATE_SOURCE_ENV, shutdown_timeout_seconds, vllm_server_args
 from rayvllm.engine.job import STOP_WAIT_ENV, EngineJobOptions, EngineRef, build_engine_job, submission_id
 from rayvllm.errors import InvalidSpecError
 from rayvllm.models import VLLMClusterSpec, parse_cluster
@@ -22,17 +22,21 @@ from .inputs import SAMPLES, load_yaml
 
 REF = EngineRef(namespace="team-a", name="llama-70b", replica=1, generation=3, attempt=0)
 
+# The sample names an API key: vLLM starts behind the gate (EXPECTED_TINY_CPU_WITH_API_KEY says how).
 EXPECTED_TP4_PP2 = """
 entrypoint: >-
-  exec python -m vllm.entrypoints.openai.api_server
+  exec python -c 'import os, sys, types; gate = sys.modules["rayvllm_engine_gate"] =
+  types.ModuleType("rayvllm_engine_gate"); exec(compile(os.environ.pop("RAYVLLM_ENGINE_GATE"),
+  "rayvllm_engine_gate.py", "exec"), gate.__dict__); gate.run("vllm.entrypoints.openai.api_server")'
   --model meta-llama/Llama-3.1-70B-Instruct --served-model-name llama-70b
   --host 0.0.0.0 --port 8000 --tensor-parallel-size 4 --pipeline-parallel-size 2
   --distributed-executor-backend ray --max-model-len 8192 --gpu-memory-utilization 0.9
-  --enable-prefix-caching --max-num-seqs 256
+  --middleware rayvllm_engine_gate.ApiKeyGate --enable-prefix-caching --max-num-seqs 256
 submission_id: rayvllm-llama-70b-r1-g3-a0-379c8126
 runtime_env:
   env_vars:
     RAY_JOB_STOP_WAIT_TIME_S: '30'
+    RAYVLLM_ENGINE_GATE: <GATE_SOURCE>
 metadata:
   rayvllm.io/namespace: team-a
   rayvllm.io/name: llama-70b
@@ -71,6 +75,33 @@ entrypoint_resources:
 """
 
 
+# With an API key: vLLM started through the gate's bootstrap, which loads the gate from the job's environment
+# (its source, GATE_SOURCE, stands in for the placeholder below) and names it with --middleware.
+EXPECTED_TINY_CPU_WITH_API_KEY = """
+entrypoint: >-
+  exec python -c 'import os, sys, types; gate = sys.modules["rayvllm_engine_gate"] =
+  types.ModuleType("rayvllm_engine_gate"); exec(compile(os.environ.pop("RAYVLLM_ENGINE_GATE"),
+  "rayvllm_engine_gate.py", "exec"), gate.__dict__); gate.run("vllm.entrypoints.openai.api_server")'
+  --model /models/tiny-llama --served-model-name tiny-llama --host 0.0.0.0 --port 8000
+  --tensor-parallel-size 1 --pipeline-parallel-size 1 --distributed-executor-backend mp
+  --max-model-len 256 --dtype float32 --middleware rayvllm_engine_gate.ApiKeyGate --enforce-eager
+submission_id: rayvllm-llama-70b-r1-g3-a0-379c8126
+runtime_env:
+  env_vars:
+    RAY_JOB_STOP_WAIT_TIME_S: '30'
+    RAYVLLM_ENGINE_GATE: <GATE_SOURCE>
+metadata:
+  rayvllm.io/namespace: team-a
+  rayvllm.io/name: llama-70b
+  rayvllm.io/replica: '1'
+  rayvllm.io/generation: '3'
+  rayvllm.io/attempt: '0'
+entrypoint_num_cpus: 1.0
+entrypoint_resources:
+  rayvllm_engine_slots: 1.0
+"""
+
+
 def sample_spec(name: str) -> VLLMClusterSpec:
     return parse_cluster(load_yaml(SAMPLES / f"{name}.yaml")).spec
 
@@ -81,9 +112,17 @@ def spec_with(base: str = "tiny-cpu", **engine: Any) -> VLLMClusterSpec:
     return parse_cluster(body).spec
 
 
+def expected(golden: str) -> dict[str, Any]:
+    wire: dict[str, Any] = yaml.safe_load(golden)
+    env = wire["runtime_env"]["env_vars"]
+    if env.get(GATE_SOURCE_ENV) == "<GATE_SOURCE>":
+        env[GATE_SOURCE_ENV] = GATE_SOURCE
+    return wire
+
+
 def test_tp4_pp2_ray_job_request() -> None:
     request = build_engine_job(sample_spec("tp4-pp2"), REF)
-    assert request.to_wire() == yaml.safe_load(EXPECTED_TP4_PP2)
+    assert request.to_wire() == expected(EXPECTED_TP4_PP2)
 
 
 def test_tiny_cpu_job_request_with_local_options() -> None:
@@ -92,7 +131,28 @@ def test_tiny_cpu_job_request_with_local_options() -> None:
         host="127.0.0.1", python="/venv/bin/python", entrypoint_num_cpus=0.5, extra_env=CPU_ENGINE_ENV
     )
     request = build_engine_job(sample_spec("tiny-cpu"), ref, options)
-    assert request.to_wire() == yaml.safe_load(EXPECTED_TINY_CPU_LOCAL)
+    assert request.to_wire() == expected(EXPECTED_TINY_CPU_LOCAL)
+
+
+def test_with_an_api_key_vllm_starts_behind_the_gate() -> None:
+    request = build_engine_job(spec_with(apiKeySecretRef={"name": "api", "key": "key"}), REF)
+    assert request.to_wire() == expected(EXPECTED_TINY_CPU_WITH_API_KEY)
+
+
+def test_without_an_api_key_there_is_no_gate() -> None:
+    # Nothing to ask for: every route is open, as vLLM leaves it, and the gate would refuse to start.
+    request = build_engine_job(sample_spec("tiny-cpu"), REF)
+    assert shlex.split(request.entrypoint)[1:4] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert "--middleware" not in request.entrypoint
+    assert request.runtime_env is not None and GATE_SOURCE_ENV not in request.runtime_env["env_vars"]
+
+
+def test_the_gate_source_is_ours_whatever_the_spec_env_says() -> None:
+    spec = spec_with(
+        apiKeySecretRef={"name": "api", "key": "key"}, env=[{"name": GATE_SOURCE_ENV, "value": "x"}]
+    )
+    request = build_engine_job(spec, REF, EngineJobOptions(extra_env={GATE_SOURCE_ENV: "y"}))
+    assert request.runtime_env is not None and request.runtime_env["env_vars"][GATE_SOURCE_ENV] == GATE_SOURCE
 
 
 def test_never_asks_ray_for_a_gpu() -> None:
@@ -141,10 +201,16 @@ def test_no_secret_reaches_the_job_request() -> None:
         {"name": "PLAIN", "value": "yes"},
     ]
     request = build_engine_job(parse_cluster(body).spec, REF)
-    wire = yaml.safe_dump(request.to_wire())
+    assert request.runtime_env == {
+        "env_vars": {"PLAIN": "yes", STOP_WAIT_ENV: "30", GATE_SOURCE_ENV: GATE_SOURCE}
+    }
+    # The gate's source names the variable it reads the key from, and nothing else of the spec.
+    wire = request.to_wire()
+    del wire["runtime_env"]["env_vars"][GATE_SOURCE_ENV]
     for needle in ("api-key", "API_KEY", "HF_TOKEN", "FROM_SECRET", "secretKeyRef"):
-        assert needle not in wire
-    assert request.runtime_env == {"env_vars": {"PLAIN": "yes", STOP_WAIT_ENV: "30"}}
+        assert needle not in yaml.safe_dump(wire)
+    for needle in ("HF_TOKEN", "FROM_SECRET", "secretKeyRef"):
+        assert needle not in GATE_SOURCE
 
 
 def test_spec_env_overrides_operator_env_but_not_the_stop_wait() -> None:

@@ -6,8 +6,10 @@ tests/e2e/test_vllm_args.py, so a flag vLLM does not accept fails a test, not a 
 
 from __future__ import annotations
 
+import inspect
 import shlex
 
+from rayvllm.engine import gate
 from rayvllm.errors import InvalidSpecError
 from rayvllm.models.rules import cel_matches
 from rayvllm.models.spec import OWNED_ENGINE_FLAG_PATTERN, OWNED_ENGINE_FLAGS, VLLMClusterSpec
@@ -17,6 +19,39 @@ from rayvllm.models.spec import OWNED_ENGINE_FLAG_PATTERN, OWNED_ENGINE_FLAGS, V
 # distribution its console script looks up the distribution `vllm` and crashes.
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
+# With an API key, vLLM loads engine.gate (every route but /health and /metrics behind the key) through its
+# documented `--middleware <import path>`, which imports the path in the process that builds the app: with
+# `python -m VLLM_SERVER_MODULE` that is the entrypoint's own process (its main() serves in-process;
+# --api-server-count's extra processes exist only under `vllm serve`). The Ray image has no rayvllm and
+# rebuilding it costs every machine minutes, so the gate's source travels in the job's runtime_env (env var
+# GATE_SOURCE_ENV) and GATE_BOOTSTRAP, the entrypoint's `python -c`, makes it the module GATE_MODULE before
+# running vLLM. Chosen over runtime_env py_modules (a package upload to the dashboard before each submission,
+# which the operator's Ray client does not do today, and a runtime-env agent step that can fail on its own)
+# and over the source inside the entrypoint (kilobytes in every `ray job list` line): env_vars is the
+# channel the job already uses. If a
+# later vLLM built the app in a child process, the import would fail and the engine would not start: it
+# fails closed, never open. The source is read once, at import: it is this package's own file.
+GATE_MODULE = "rayvllm_engine_gate"
+GATE_MIDDLEWARE = f"{GATE_MODULE}.{gate.ApiKeyGate.__name__}"
+GATE_SOURCE_ENV = "RAYVLLM_ENGINE_GATE"
+GATE_SOURCE = inspect.getsource(gate)
+# One line, so the server's module path and its arguments stay on one line of `ps` (tests find engines with
+# `pgrep -f 'vllm.entrypoints.openai.api_server.*--served-model-name X'`); double quotes only, so shlex
+# quotes it as one plain '...' word. The variable is popped: vLLM's own child processes do not carry it.
+GATE_BOOTSTRAP = "; ".join(
+    [
+        "import os, sys, types",
+        f'gate = sys.modules["{GATE_MODULE}"] = types.ModuleType("{GATE_MODULE}")',
+        f'exec(compile(os.environ.pop("{GATE_SOURCE_ENV}"), "{GATE_MODULE}.py", "exec"), gate.__dict__)',
+        f'gate.{gate.run.__name__}("{VLLM_SERVER_MODULE}")',
+    ]
+)
+
+
+def requires_api_key(spec: VLLMClusterSpec) -> bool:
+    """Whether the engine runs behind the gate: exactly when the spec names an API key."""
+    return spec.engine.api_key_secret_ref is not None
+
 
 def _owned_flags_in(extra_args: list[str]) -> list[str]:
     return [arg for arg in extra_args if cel_matches(OWNED_ENGINE_FLAG_PATTERN, arg)]
@@ -25,8 +60,8 @@ def _owned_flags_in(extra_args: list[str]) -> list[str]:
 def vllm_server_args(spec: VLLMClusterSpec, served_model_name: str, *, host: str) -> list[str]:
     """The arguments after `python -m VLLM_SERVER_MODULE`, typed fields first, extraArgs last.
 
-    The API key is never an argument: vLLM reads VLLM_API_KEY, which the RayCluster builder sets on
-    worker pods from the Secret, so it appears neither in the Ray job record nor in `ps`."""
+    The API key is never an argument: vLLM and the gate read VLLM_API_KEY, which the RayCluster builder
+    sets on worker pods from the Secret, so it appears neither in the Ray job record nor in `ps`."""
     engine = spec.engine
     # Admission (CEL) and the model already refuse these; a spec that bypassed both must not reach
     # vLLM, where a second --port or --model silently wins.
@@ -61,6 +96,8 @@ def vllm_server_args(spec: VLLMClusterSpec, served_model_name: str, *, host: str
         args += ["--gpu-memory-utilization", format(engine.gpu_memory_utilization, "g")]
     if engine.quantization is not None:
         args += ["--quantization", engine.quantization]
+    if requires_api_key(spec):
+        args += ["--middleware", GATE_MIDDLEWARE]
     return args + list(engine.extra_args)
 
 
@@ -81,7 +118,9 @@ def shutdown_timeout_seconds(extra_args: list[str]) -> int:
     return 0
 
 
-def server_entrypoint(args: list[str], *, python: str = "python") -> str:
+def server_entrypoint(args: list[str], *, python: str = "python", gated: bool = False) -> str:
     """The shell command Ray runs (`sh -c`). `exec` makes vLLM the process Ray signals on stop,
-    rather than a shell that may not forward SIGTERM."""
-    return shlex.join(["exec", python, "-m", VLLM_SERVER_MODULE, *args])
+    rather than a shell that may not forward SIGTERM. `gated`: through GATE_BOOTSTRAP, which needs
+    GATE_SOURCE_ENV in the job's environment (engine.job.runtime_env_vars)."""
+    start = ["-c", GATE_BOOTSTRAP] if gated else ["-m", VLLM_SERVER_MODULE]
+    return shlex.join(["exec", python, *start, *args])

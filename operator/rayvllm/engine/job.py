@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from rayvllm import API_GROUP
-from rayvllm.engine.args import server_entrypoint, shutdown_timeout_seconds, vllm_server_args
+from rayvllm.engine.args import (
+    GATE_SOURCE,
+    GATE_SOURCE_ENV,
+    requires_api_key,
+    server_entrypoint,
+    shutdown_timeout_seconds,
+    vllm_server_args,
+)
 from rayvllm.models.rayapi import JobSubmitRequest
 from rayvllm.models.spec import VLLMClusterSpec
 from rayvllm.placement import ENGINE_SLOT_RESOURCE
@@ -72,7 +79,8 @@ class EngineJobOptions:
 
 
 def runtime_env_vars(spec: VLLMClusterSpec, options: EngineJobOptions) -> dict[str, str]:
-    """Operator-wide env, then the spec's literal env (which wins), then the stop wait (ours).
+    """Operator-wide env, then the spec's literal env (which wins), then the stop wait and, with an API
+    key, the gate's source (ours).
 
     Variables with valueFrom (Secrets, ConfigMaps, pod fields) cannot be expressed in a Ray job: the
     RayCluster builder sets them on the worker pods, whose environment the entrypoint inherits. The HF
@@ -80,6 +88,8 @@ def runtime_env_vars(spec: VLLMClusterSpec, options: EngineJobOptions) -> dict[s
     env = dict(options.extra_env)
     env.update({var.name: var.value for var in spec.engine.env if var.value is not None})
     env[STOP_WAIT_ENV] = str(ray_stop_wait_seconds(spec, options))
+    if requires_api_key(spec):
+        env[GATE_SOURCE_ENV] = GATE_SOURCE
     return env
 
 
@@ -100,7 +110,7 @@ def build_engine_job(
     options = options or EngineJobOptions()
     args = vllm_server_args(spec, spec.model.served_name(ref.name), host=options.host)
     return JobSubmitRequest(
-        entrypoint=server_entrypoint(args, python=options.python),
+        entrypoint=server_entrypoint(args, python=options.python, gated=requires_api_key(spec)),
         submission_id=submission_id(ref),
         runtime_env={"env_vars": runtime_env_vars(spec, options)},
         metadata=ref.metadata(),
