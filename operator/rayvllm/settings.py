@@ -1,8 +1,10 @@
 """The operator's one settings object, read from RAYVLLM_* environment variables once at startup
 and handed to handlers through kopf's memo. Nothing else in the package reads the environment."""
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rayvllm.engine_env import OWNED_ENV_NAMES, sets_ray_auth
 
 
 class Settings(BaseSettings):
@@ -145,9 +147,23 @@ class Settings(BaseSettings):
         default_factory=dict,
         description=(
             "Extra environment for every engine job, as JSON (e.g. the vLLM CPU knobs of the local "
-            "e2e setup). The spec's engine.env wins over it."
+            "e2e setup). The spec's engine.env wins over it. RAY_AUTH_*, RAY_ENABLE_K8S_TOKEN_AUTH and the HF "
+            "token and API key variables are refused: the operator does not start."
         ),
     )
+
+    @field_validator("engine_job_env")
+    @classmethod
+    def _no_owned_engine_env(cls, env: dict[str, str]) -> dict[str, str]:
+        """The same names a VLLMCluster may not set (rayvllm.engine_env): in every engine job they would turn
+        Ray's token auth off, or replace each object's HF token or API key with one for all."""
+        owned = sorted(name for name in env if sets_ray_auth(name) or name in OWNED_ENV_NAMES)
+        if owned:
+            raise ValueError(
+                f"must not set {', '.join(owned)}: Ray's token auth is KubeRay's, and the HF token and API "
+                "key come from each VLLMCluster's Secrets; remove them"
+            )
+        return env
 
 
 def load_settings() -> Settings:

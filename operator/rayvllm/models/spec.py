@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from rayvllm.engine_env import OWNED_ENV_NAMES, RAY_AUTH_ENV_NAMES, RAY_AUTH_ENV_PREFIX, sets_ray_auth
 from rayvllm.models.base import ApiModel
 from rayvllm.models.kube import (
     QUALIFIED_NAME,
@@ -220,23 +221,7 @@ _EXTRA_ARGS_RULE = Rule(
     holds=lambda args: not any(cel_matches(OWNED_ENGINE_FLAG_PATTERN, arg) for arg in args),
 )
 
-# Set by the operator on worker pods from typed fields.
-OWNED_ENV_NAMES: tuple[str, ...] = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
-
-# Ray's own token auth, which KubeRay sets on every Ray container (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN from its
-# Secret): RAY_AUTH_MODE=disabled on a worker turns auth off there (its dashboard agent then answers anyone),
-# RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH replace the token, and RAY_ENABLE_K8S_TOKEN_AUTH switches to Kubernetes
-# tokens (Ray 2.60: src/ray/rpc/authentication/authentication_mode.cc reads AUTH_MODE and
-# ENABLE_K8S_TOKEN_AUTH from RayConfig, i.e. RAY_<NAME>; the token loader reads RAY_AUTH_TOKEN(_PATH)). The
-# whole RAY_AUTH_ prefix is refused, so a variable a later Ray adds there is too.
-RAY_AUTH_ENV_PREFIX = "RAY_AUTH_"
-RAY_AUTH_ENV_NAMES: tuple[str, ...] = ("RAY_ENABLE_K8S_TOKEN_AUTH",)
-
-
-def _sets_ray_auth(name: str) -> bool:
-    return name.startswith(RAY_AUTH_ENV_PREFIX) or name in RAY_AUTH_ENV_NAMES
-
-
+# The engine's environment the operator owns: rayvllm.engine_env.
 _ENV_RULES = (
     Rule(
         cel=(
@@ -248,7 +233,7 @@ _ENV_RULES = (
             f"RAY_AUTH_TOKEN_PATH) or {', '.join(RAY_AUTH_ENV_NAMES)}: they would turn off or replace the Ray "
             "cluster's token auth, which the operator has KubeRay set up; remove them"
         ),
-        holds=lambda env: not any(_sets_ray_auth(var.name) for var in env),
+        holds=lambda env: not any(sets_ray_auth(var.name) for var in env),
     ),
     Rule(
         cel=f"self.all(e, !(e.name in {cel_string_list(OWNED_ENV_NAMES)}))",
