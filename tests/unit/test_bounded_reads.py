@@ -9,8 +9,8 @@ import asyncio
 import gzip
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +25,7 @@ from rayvllm.errors import AnswerTooLargeError, RayError
 from rayvllm.ray import RayDashboardClient, RetryPolicy
 from rayvllm.ray.client import LOG_TAIL_LINES
 from rayvllm.supervisor import Slots
+from tests.unit.local_http import served
 
 KIB, MIB, GIB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 BOUNDS = Bounds(timeout=1.0, deadline=1.5, body_bytes=1 * MIB, tail_bytes=8 * KIB)
@@ -129,17 +130,8 @@ class FakeHead:
         return await endless(request, claimed=64 * MIB)
 
 
-@asynccontextmanager
-async def serving(head: FakeHead) -> AsyncIterator[str]:
-    runner = web.AppRunner(head.app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+def serving(head: FakeHead) -> AbstractAsyncContextManager[str]:
+    return served(head.app)
 
 
 def run(scenario: Callable[[FakeHead, str], Awaitable[None]]) -> FakeHead:

@@ -27,6 +27,7 @@ from rayvllm.ray import Dashboards
 from rayvllm.reasons import EventReason
 from rayvllm.reconcile import Children, Clients, Outcome, finalize
 from rayvllm.settings import Settings
+from tests.unit.local_http import served
 
 DELETED_AT = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 SETTINGS = Settings(deletion_deadline_seconds=300)
@@ -134,15 +135,9 @@ async def refusing_dashboard() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", refuse)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-        assert calls, "the dashboard was asked"
+    async with served(app) as url:
+        yield url
+    assert calls, "the dashboard was asked"
 
 
 def test_a_dashboard_that_refuses_for_ever_releases_the_finalizer_at_once() -> None:

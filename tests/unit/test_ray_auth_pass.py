@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -36,6 +36,7 @@ from rayvllm.ray import Dashboards
 from rayvllm.reasons import EventReason, Reason
 from rayvllm.reconcile import Children, Clients, Memory, Outcome, Pass, supervise_engines, write_status
 from rayvllm.settings import Settings
+from tests.unit.local_http import served
 
 T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 TOKEN = "kuberay-generated-token"
@@ -179,16 +180,8 @@ class World:
         return VLLMClusterStatus.model_validate(self.kube.statuses[-1])
 
 
-@asynccontextmanager
-async def serving(head: RayHead) -> AsyncIterator[str]:
-    runner = web.AppRunner(head.app(), handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+def serving(head: RayHead) -> AbstractAsyncContextManager[str]:
+    return served(head.app())
 
 
 def run_passes(world: World, *children: Children, auth_options: bool = True) -> World:
