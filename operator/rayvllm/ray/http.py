@@ -14,6 +14,7 @@ import httpx
 
 from rayvllm.bounded import Answer, Bounds, DeadlineExceeded, exchange, within
 from rayvllm.errors import AnswerTooLargeError, RayAuthError, RayError, RayRequestRejectedError
+from rayvllm.models.rayapi import AUTH_REFUSALS
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class DashboardHTTP:
                         status = response.status_code
                         if 200 <= status < 300 or status in allow:
                             return response
-                        if status in (401, 403):
+                        if status in AUTH_REFUSALS:
                             raise RayAuthError(
                                 f"{what}: HTTP {status} {_snippet(response)} "
                                 "(token auth: check the X-Ray-Authorization token)"
